@@ -1,0 +1,33 @@
+# Two entry points: `make run` (set up, then the main job on the default workload) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+ARGS ?= --budget 0.5
+
+.PHONY: setup data run test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST from Debian's package where apt-get is available; otherwise pass --data-dir to the run.
+data:
+	@if [ ! -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null 2>&1; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+		|| echo "warning: could not install dataset-fashion-mnist; pass --data-dir to search.run"; \
+	fi
+
+run: setup data
+	$(PY) -m search.run $(ARGS)
+
+test: setup data
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,143 @@
+"""Layer pruning: whole residual blocks replaced by nn.Identity.
+
+A block is removable when its input and output shapes match and its forward adds its own input
+back (x + f(x)); dropping f leaves the identity path, so the network still runs.
+"""
+from __future__ import annotations
+
+import logging
+import operator
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .criteria import Calibration
+from .graph import PRUNABLE_LAYERS, output_layers
+from .registry import Sparsity, register
+
+log = logging.getLogger(__name__)
+
+LAYER_CRITERIA = ("l1", "activation", "random")
+_ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+
+
+class _ChildrenAsLeaves(fx.Tracer):
+    """Traces one module's own forward, treating every submodule as an opaque call."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return True
+
+
+def _adds_its_input(module: nn.Module) -> bool:
+    """Whether module.forward contains `input + something` on its own (single) input."""
+    try:
+        graph = _ChildrenAsLeaves().trace(module)
+    except Exception:  # noqa: BLE001 - any untraceable forward simply is not a candidate
+        return False
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        return False
+    return any(n.target in _ADDS and inputs[0] in n.args for n in graph.nodes if n.op in ("call_function", "call_method"))
+
+
+def removable_blocks(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
+    """Names of the outermost residual blocks that could be replaced by nn.Identity."""
+    protected = output_layers(model, example_inputs)
+    residual = [name for name, m in model.named_modules() if name and _adds_its_input(m)]
+    shapes = _same_shape(model, example_inputs, residual)
+    blocks = []
+    for name in residual:
+        holds_output = any(p == name or p.startswith(name + ".") for p in protected)
+        nested = any(name.startswith(b + ".") for b in blocks)
+        if shapes.get(name) and not holds_output and not nested:
+            blocks.append(name)
+    return blocks
+
+
+def _same_shape(model: nn.Module, inputs: torch.Tensor, names: list[str]) -> dict[str, bool]:
+    """For each named module reached by a forward pass, whether its output shape equals its input's."""
+    seen: dict[str, bool] = {}
+    modules = dict(model.named_modules())
+
+    def hook(name: str):
+        def record(_m: nn.Module, args: tuple, out: object) -> None:
+            same = len(args) == 1 and isinstance(out, torch.Tensor) and args[0].shape == out.shape
+            seen[name] = seen.get(name, True) and same
+        return record
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        _eval_forward(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _eval_forward(model: nn.Module, inputs: torch.Tensor) -> None:
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def block_scores(model: nn.Module, blocks: list[str], criterion: str, inputs: torch.Tensor) -> dict[str, float]:
+    """Importance of each block (low = removed first).
+
+    l1: mean |w| of the block's conv/linear weights. activation: ||f(x)|| / ||x||, how much the block
+    changes its input on `inputs`. random: uniform noise.
+    """
+    modules = dict(model.named_modules())
+    if criterion == "random":
+        return {b: float(torch.rand(())) for b in blocks}
+    if criterion == "l1":
+        scores = {}
+        for b in blocks:
+            weights = [m.weight.detach().abs().flatten() for m in modules[b].modules() if isinstance(m, PRUNABLE_LAYERS)]
+            scores[b] = float(torch.cat(weights).mean()) if weights else 0.0
+        return scores
+    sums: dict[str, float] = {}
+
+    def hook(name: str):
+        def record(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            sums[name] = sums.get(name, 0.0) + float((out - args[0]).norm() / args[0].norm().clamp_min(1e-12))
+        return record
+
+    handles = [modules[b].register_forward_hook(hook(b)) for b in blocks]
+    try:
+        _eval_forward(model, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return {b: sums.get(b, 0.0) for b in blocks}
+
+
+@register("layer", criteria=LAYER_CRITERIA, options=("blocks", "calibration"))
+def layer(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, criterion: str,
+          blocks: int | None = None, calibration: Calibration | torch.Tensor | None = None) -> nn.Module:
+    """Replace the least important removable blocks by nn.Identity.
+
+    `sparsity` is the fraction of removable blocks removed (rounded); `blocks` gives the count
+    directly and overrides it. The activation criterion measures on `calibration` inputs when
+    given, else on `example_inputs`.
+    """
+    if isinstance(sparsity, dict):
+        raise ValueError("method 'layer' takes one float sparsity, not a per-layer dict; use option blocks=N for a count")
+    candidates = removable_blocks(model, example_inputs)
+    count = round(sparsity * len(candidates)) if blocks is None else blocks
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(candidates):
+        raise ValueError(f"blocks={blocks!r} is invalid; use an int in [0, {len(candidates)}] for this model")
+    if count == 0:
+        return model
+    inputs = calibration[0] if isinstance(calibration, tuple) else calibration
+    scores = block_scores(model, candidates, criterion, example_inputs if inputs is None else inputs)
+    for name in sorted(candidates, key=scores.__getitem__)[:count]:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, nn.Identity())
+        log.info("layer: replaced block %s by nn.Identity", name)
+    return model

@@ -1,0 +1,12 @@
+"""Reports of a pruning-policy search, built from its Optuna study alone.
+
+Pareto front, the pick (min cost with loss <= epsilon within budget), HTML/Markdown/CSV/JSON and best/.
+"""
+
+from reports.build import write_report
+from reports.records import ReportError, StudyRecords, TrialRecord, load_records
+from reports.selection import pareto_front, select_best
+
+__all__ = [
+    "ReportError", "StudyRecords", "TrialRecord", "load_records", "pareto_front", "select_best", "write_report",
+]

@@ -1,0 +1,246 @@
+"""What the report says, as format-neutral sections; html.py and markdown.py only decide how it looks."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import plotly.graph_objects as go
+from optuna.trial import TrialState
+
+from reports import formatting as fmt
+from reports.best import BestFiles
+from reports.plots import cost_accuracy_figure, flops_latency_figure
+from reports.records import RunInfo, TrialRecord
+from reports.selection import closest_to_epsilon, within_budget
+
+REASON_CHARS = 160
+LOAD_SNIPPET = """import json
+import torch
+
+model = torch.load("best/model.pt", weights_only=False)  # the whole pruned nn.Module
+policy = json.load(open("best/policy.json"))"""
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Section:
+    """A titled block: paragraphs of plain text, then an optional table, code block and figures."""
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    table: Table | None = None
+    code: str | None = None
+    code_language: str = ""
+    figures: list[go.Figure] = field(default_factory=list)
+
+
+@dataclass
+class ReportInputs:
+    """Everything a report is made from, already read and selected."""
+
+    info: RunInfo
+    trials: list[TrialRecord]
+    front: list[TrialRecord]
+    best: TrialRecord | None
+    best_files: BestFiles
+
+
+def _reasons(texts: list[str]) -> str:
+    """E.g. '3 × "out of memory"; 1 × "shape mismatch"', most common first."""
+    lines = [(t.strip().splitlines() or [""])[0][:REASON_CHARS] for t in texts]
+    return "; ".join(f'{n} × "{reason}"' for reason, n in Counter(lines).most_common())
+
+
+def _run_section(inputs: ReportInputs) -> Section:
+    info, trials = inputs.info, inputs.trials
+    dense_accuracy = info.dense.get("accuracy")
+    threshold = None if dense_accuracy is None else dense_accuracy - info.epsilon
+    states = Counter(t.state for t in trials)
+    latency = info.latency_setup
+    rows = [
+        ["workload", info.workload],
+        ["cost metric", info.cost_metric],
+        ["budget", f"{info.cost_metric} ratio ≤ {info.budget:g}"],
+        ["epsilon", f"{info.epsilon:g} ({fmt.points(info.epsilon)}): "
+                    f"validation accuracy ≥ {fmt.percent(threshold)}"],
+        ["input shape", str(info.input_shape)],
+        ["latency setup", ", ".join(f"{k} {v}" for k, v in latency.items()) or fmt.MISSING],
+        ["trials", f"{states[TrialState.COMPLETE]} complete, {states[TrialState.PRUNED]} stopped early, "
+                   f"{states[TrialState.FAIL]} failed"],
+    ]
+    in_flight = states[TrialState.RUNNING] + states[TrialState.WAITING]
+    if in_flight:
+        rows.append(["in flight", f"{in_flight} trials still running or waiting"])
+    failures = [t.failure or "no reason recorded" for t in trials if t.state == TrialState.FAIL]
+    if failures:
+        rows.append(["failure reasons", _reasons(failures)])
+    stopped = [t.stopped_reason or "no reason recorded" for t in trials if t.state == TrialState.PRUNED]
+    if stopped:
+        rows.append(["stopped early because", _reasons(stopped)])
+    paragraphs = ["\"Stopped early\" is Optuna's early stop of a hopeless trial (Optuna calls it pruning); "
+                  "it has nothing to do with pruning weights."] if stopped else []
+    return Section("Run", paragraphs, Table(["", "value"], rows))
+
+
+def _signed_points(pick: float | None, dense: float | None) -> str:
+    return fmt.MISSING if pick is None or dense is None else f"{100 * (pick - dense):+.2f} pts"
+
+
+def _quotient(pick: float | None, dense: Any) -> float | None:
+    return None if pick is None or not dense else pick / float(dense)
+
+
+def _stored_or_quotient(stored: float | None, pick: float | None, dense: Any) -> str:
+    """The ratio the search stored (measured interleaved), else pick / dense from absolute values."""
+    return fmt.ratio(stored if stored is not None else _quotient(pick, dense))
+
+
+def _dense_pick_table(info: RunInfo, best: TrialRecord | None) -> Table:
+    dense = info.dense
+    rows = [
+        ["validation accuracy", fmt.percent(dense.get("accuracy"))],
+        ["test accuracy", fmt.percent(dense.get("test_accuracy"))],
+        ["FLOPs", fmt.count(dense.get("flops"))],
+        ["params", fmt.count(dense.get("params"))],
+        ["size", fmt.size(dense.get("size_bytes"))],
+        ["latency p50", fmt.millis(dense.get("latency_ms"))],
+    ]
+    if best is None:
+        return Table(["", "dense"], rows)
+    picked = [
+        (fmt.percent(best.accuracy), _signed_points(best.accuracy, dense.get("accuracy"))),
+        (fmt.percent(best.test_accuracy), _signed_points(best.test_accuracy, dense.get("test_accuracy"))),
+        (fmt.count(best.flops), _stored_or_quotient(best.flops_ratio, best.flops, dense.get("flops"))),
+        (fmt.count(best.params), _stored_or_quotient(best.params_ratio, best.params, dense.get("params"))),
+        (fmt.size(best.size_bytes), _stored_or_quotient(None, best.size_bytes, dense.get("size_bytes"))),
+        (fmt.millis(best.latency_ms),
+         _stored_or_quotient(best.latency_ratio, best.latency_ms, dense.get("latency_ms"))),
+    ]
+    return Table(
+        ["", "dense", f"pick (trial {best.number})", "pick vs dense"],
+        [row + list(pick) for row, pick in zip(rows, picked)],
+    )
+
+
+def none_met_sentence(info: RunInfo, trials: list[TrialRecord]) -> str:
+    """The plain statement that no trial met epsilon, naming the in-budget trial that came closest."""
+    budget = f"{info.cost_metric} ratio ≤ {info.budget:g}"
+    closest = closest_to_epsilon(trials, info.budget)
+    if closest is None:
+        return f"None met epsilon: no complete trial came within the budget ({budget}), so there is no pick."
+    return (
+        f"None met epsilon: no complete trial within the budget ({budget}) lost at most "
+        f"{fmt.points(info.epsilon)} of validation accuracy. Closest: {fmt.trial_name(closest)}, "
+        f"loss {fmt.points(closest.accuracy_loss)} at cost ratio {fmt.ratio(closest.cost_ratio)}."
+    )
+
+
+def _pick_section(inputs: ReportInputs) -> Section:
+    info, best = inputs.info, inputs.best
+    if best is None:
+        paragraphs = [none_met_sentence(info, inputs.trials),
+                      "No best/ folder was written; a stale one from an earlier report was removed."]
+        return Section("Pick", paragraphs, _dense_pick_table(info, None))
+    paragraphs = [
+        f"Pick: {fmt.trial_name(best)}, the least {info.cost_metric} among trials within the budget "
+        f"that lose at most epsilon: cost ratio {fmt.ratio(best.cost_ratio)} (budget {info.budget:g}), "
+        f"validation accuracy {fmt.percent(best.accuracy)} (loss {fmt.points(best.accuracy_loss)}, "
+        f"epsilon {fmt.points(info.epsilon)}), test accuracy {fmt.percent(best.test_accuracy)}."
+    ]
+    flag = fmt.latency_flag(best)
+    if flag:
+        paragraphs.append(f"Note: the pick is {flag}.")
+    if inputs.best_files == BestFiles.WRITTEN:
+        paragraphs.append("Saved as best/model.pt, with its policy in best/policy.json.")
+    else:
+        paragraphs.append(f"Its model file ({best.model_path or 'no model_path recorded'}) is missing, "
+                          "so best/ holds only policy.json.")
+    return Section("Pick", paragraphs, _dense_pick_table(info, best))
+
+
+def _pareto_notes(record: TrialRecord, inputs: ReportInputs) -> str:
+    info = inputs.info
+    notes = []
+    if inputs.best is not None and record.number == inputs.best.number:
+        notes.append("pick")
+    if not within_budget(record, info.budget):
+        notes.append("over budget")
+    if record.accuracy_loss is not None and record.accuracy_loss > info.epsilon:
+        notes.append("loss > epsilon")
+    flag = fmt.latency_flag(record)
+    if flag:
+        notes.append(flag)
+    return "; ".join(notes)
+
+
+def _pareto_section(inputs: ReportInputs) -> Section:
+    headers = ["trial", "label", "method", "val acc", "test acc", "loss", "cost ratio",
+               "FLOPs ratio", "latency ratio", "params ratio", "note"]
+    rows = [
+        [str(r.number), r.label or "search", r.method or fmt.MISSING, fmt.percent(r.accuracy),
+         fmt.percent(r.test_accuracy), fmt.points(r.accuracy_loss), fmt.ratio(r.cost_ratio),
+         fmt.ratio(r.flops_ratio), fmt.ratio(r.latency_ratio), fmt.ratio(r.params_ratio),
+         _pareto_notes(r, inputs)]
+        for r in inputs.front
+    ]
+    if not rows:
+        return Section("Pareto front", ["No trial has completed, so there is no Pareto front yet."])
+    paragraphs = [
+        f"{len(rows)} complete trials are not dominated in (cost ratio, validation accuracy); cheapest first. "
+        "Test accuracy is measured only for these models. FLOPs and latency ratios sit side by side "
+        "because fewer FLOPs do not always mean less time."
+    ]
+    return Section("Pareto front", paragraphs, Table(headers, rows))
+
+
+def _plots_section(inputs: ReportInputs) -> Section:
+    figures = [cost_accuracy_figure(inputs.info, inputs.trials, inputs.front, inputs.best)]
+    paragraphs = ["Hover a point for its trial, method and ratios. The dashed line is the budget, "
+                  "the dotted one dense accuracy minus epsilon."]
+    latency = flops_latency_figure(inputs.trials, inputs.front)
+    if latency is None:
+        paragraphs.append("No trial has both a FLOPs ratio and a latency ratio, so there is no latency plot.")
+    else:
+        figures.append(latency)
+        paragraphs.append("Below the y = x line a model is faster than its FLOPs suggest; above it, slower.")
+    return Section("Plots", paragraphs, figures=figures)
+
+
+def _load_section(inputs: ReportInputs) -> Section:
+    if inputs.best_files != BestFiles.WRITTEN:
+        return Section("Loading a model", [
+            "There is no pick to load. Any trial's saved model lies at its model_path (trials.csv), "
+            'relative to the run folder: torch.load(path, weights_only=False).'
+        ])
+    return Section(
+        "Loading the pick",
+        ["From the run folder (the file holds the whole pruned nn.Module, hence weights_only=False; "
+         "load only files you trust):"],
+        code=LOAD_SNIPPET,
+        code_language="python",
+    )
+
+
+def build_sections(inputs: ReportInputs) -> list[Section]:
+    """The report's sections in reading order."""
+    return [
+        _run_section(inputs),
+        _pick_section(inputs),
+        _pareto_section(inputs),
+        _plots_section(inputs),
+        Section("Configuration", code=json.dumps(inputs.info.config, indent=2), code_language="json"),
+        Section("Searched space", code=json.dumps(inputs.info.space, indent=2), code_language="json"),
+        _load_section(inputs),
+    ]
+
+
+def report_title(info: RunInfo) -> str:
+    return f"Pruning-policy search: {info.workload}"

@@ -1,0 +1,75 @@
+"""How numbers and states read in the reports; one place so HTML, Markdown and CSV agree."""
+
+from __future__ import annotations
+
+from optuna.trial import TrialState
+
+from reports.records import TrialRecord
+
+MISSING = "—"
+NOT_FASTER_RATIO = 0.95
+MASKED_REASONS = {
+    "magnitude": "masked (unstructured) weights cut FLOPs but, without sparse kernels, not time",
+    "global_magnitude": "masked (unstructured) weights cut FLOPs but, without sparse kernels, not time",
+    "nm": "N:M masked weights cut FLOPs but, without sparse-tensor kernels, not time",
+}
+STATE_NAMES = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "stopped_early",
+    TrialState.FAIL: "failed",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
+
+
+def state_name(state: TrialState) -> str:
+    """Our word for an Optuna state; PRUNED reads "stopped_early" to keep it apart from weight pruning."""
+    return STATE_NAMES.get(state, state.name.lower())
+
+
+def percent(fraction: float | None) -> str:
+    return MISSING if fraction is None else f"{100 * fraction:.2f}%"
+
+
+def points(fraction: float | None) -> str:
+    """An accuracy difference in percentage points."""
+    return MISSING if fraction is None else f"{100 * fraction:.2f} pts"
+
+
+def ratio(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.3f}"
+
+
+def count(value: int | None) -> str:
+    return MISSING if value is None else f"{value:,}"
+
+
+def millis(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.3f} ms"
+
+
+def size(num_bytes: int | None) -> str:
+    """Bytes in binary units, e.g. 1.2 MiB."""
+    if num_bytes is None:
+        return MISSING
+    value = float(num_bytes)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def latency_flag(record: TrialRecord) -> str | None:
+    """A warning in words when a model is not measurably faster than dense (latency ratio >= 0.95)."""
+    if record.latency_ratio is None or record.latency_ratio < NOT_FASTER_RATIO:
+        return None
+    reason = MASKED_REASONS.get(record.method or "")
+    flag = f"not measurably faster than dense (latency ratio {record.latency_ratio:.2f})"
+    return f"{flag}: {reason}" if reason else flag
+
+
+def trial_name(record: TrialRecord) -> str:
+    """E.g. "trial 12 (channel, baseline:uniform-50)"."""
+    tags = [t for t in (record.method, record.label) if t and t != "search"]
+    return f"trial {record.number}" + (f" ({', '.join(tags)})" if tags else "")

@@ -1,0 +1,38 @@
+"""report.md: the report's sections as GitHub-flavoured Markdown; plots are only named, they live in report.html."""
+
+from __future__ import annotations
+
+from reports.content import Section, Table
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _table(table: Table) -> list[str]:
+    lines = ["| " + " | ".join(_cell(h) for h in table.headers) + " |",
+             "|" + "---|" * len(table.headers)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table.rows]
+    return lines
+
+
+def _section(section: Section) -> list[str]:
+    lines = [f"## {section.title}", ""]
+    if section.figures:
+        titles = "; ".join(figure.layout.title.text for figure in section.figures)
+        lines += [f"Interactive in report.html: {titles}.", ""]
+    else:
+        lines += [line for paragraph in section.paragraphs for line in (paragraph, "")]
+    if section.table is not None:
+        lines += _table(section.table) + [""]
+    if section.code is not None:
+        lines += [f"```{section.code_language}", section.code, "```", ""]
+    return lines
+
+
+def render_markdown(title: str, sections: list[Section]) -> str:
+    """The whole Markdown document."""
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += _section(section)
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,0 +1,107 @@
+"""Interactive plotly figures: the cost/accuracy trade-off and FLOPs versus measured latency."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+from reports import formatting as fmt
+from reports.records import RunInfo, TrialRecord
+
+HOVER = "%{text}<extra></extra>"
+
+
+def hover_text(record: TrialRecord) -> str:
+    """The hover box: trial, label, method, accuracy and every cost ratio."""
+    return "<br>".join(
+        [
+            f"trial {record.number} ({record.label or 'search'})",
+            f"method: {record.method or fmt.MISSING}",
+            f"val accuracy: {fmt.percent(record.accuracy)} (loss {fmt.points(record.accuracy_loss)})",
+            f"cost ratio: {fmt.ratio(record.cost_ratio)}",
+            f"FLOPs ratio: {fmt.ratio(record.flops_ratio)}",
+            f"latency ratio: {fmt.ratio(record.latency_ratio)}",
+            f"params ratio: {fmt.ratio(record.params_ratio)}",
+        ]
+    )
+
+
+def _points(records: list[TrialRecord], name: str, marker: dict, mode: str = "markers") -> go.Scatter:
+    return go.Scatter(
+        x=[r.cost_ratio for r in records],
+        y=[r.accuracy for r in records],
+        text=[hover_text(r) for r in records],
+        hovertemplate=HOVER,
+        mode=mode,
+        name=name,
+        marker=marker,
+    )
+
+
+def cost_accuracy_figure(
+    info: RunInfo, trials: list[TrialRecord], front: list[TrialRecord], best: TrialRecord | None
+) -> go.Figure:
+    """Cost ratio vs validation accuracy for every trial with both; Pareto, baselines, budget and epsilon marked."""
+    plotted = [t for t in trials if t.cost_ratio is not None and t.accuracy is not None]
+    complete = [t for t in plotted if t.is_complete]
+    groups = [
+        ([t for t in complete if not t.is_baseline], "search trials", {"color": "#9aa5b1", "size": 7}, "markers"),
+        ([t for t in complete if t.is_baseline], "warm-start baselines",
+         {"color": "#e8a33d", "size": 11, "symbol": "diamond"}, "markers"),
+        ([t for t in plotted if not t.is_complete], "stopped early",
+         {"color": "#c5cbd3", "size": 7, "symbol": "x"}, "markers"),
+        (front, "Pareto front", {"color": "#d62728", "size": 10}, "lines+markers"),
+    ]
+    figure = go.Figure()
+    for records, name, marker, mode in groups:
+        if records:
+            figure.add_trace(_points(records, name, marker, mode))
+    if best is not None:
+        figure.add_trace(_points([best], "pick", {"color": "#2ca02c", "size": 18, "symbol": "star"}))
+    dense_accuracy = info.dense.get("accuracy")
+    if dense_accuracy is not None:
+        figure.add_trace(go.Scatter(
+            x=[1.0], y=[dense_accuracy], mode="markers", name="dense",
+            marker={"color": "black", "size": 11, "symbol": "square"},
+            hovertemplate=f"dense<br>val accuracy: {fmt.percent(dense_accuracy)}<extra></extra>",
+        ))
+        figure.add_hline(y=dense_accuracy - info.epsilon, line_dash="dot", line_color="#555",
+                         annotation_text=f"dense − epsilon ({fmt.percent(dense_accuracy - info.epsilon)})")
+    figure.add_vline(x=info.budget, line_dash="dash", line_color="#555",
+                     annotation_text=f"budget {info.budget:g}")
+    figure.update_layout(
+        title=f"{info.cost_metric} ratio vs validation accuracy",
+        xaxis_title=f"cost ratio ({info.cost_metric}, pruned / dense)",
+        yaxis_title="validation accuracy", yaxis_tickformat=".1%",
+        template="plotly_white", height=520,
+    )
+    return figure
+
+
+def flops_latency_figure(trials: list[TrialRecord], front: list[TrialRecord]) -> go.Figure | None:
+    """FLOPs ratio vs latency ratio per method with y = x; None when no trial has both."""
+    measured = [t for t in trials if t.is_complete and t.flops_ratio is not None and t.latency_ratio is not None]
+    if not measured:
+        return None
+    figure = go.Figure()
+    for method in sorted({t.method or fmt.MISSING for t in measured}):
+        group = [t for t in measured if (t.method or fmt.MISSING) == method]
+        figure.add_trace(go.Scatter(
+            x=[t.flops_ratio for t in group], y=[t.latency_ratio for t in group],
+            text=[hover_text(t) for t in group], hovertemplate=HOVER, mode="markers", name=method,
+        ))
+    measured_numbers = {t.number for t in measured}
+    on_front = [t for t in front if t.number in measured_numbers]
+    figure.add_trace(go.Scatter(
+        x=[t.flops_ratio for t in on_front], y=[t.latency_ratio for t in on_front],
+        text=[hover_text(t) for t in on_front], hovertemplate=HOVER, mode="markers", name="Pareto front",
+        marker={"size": 14, "color": "rgba(0,0,0,0)", "line": {"color": "#d62728", "width": 2}},
+    ))
+    top = max(1.0, *(t.flops_ratio for t in measured), *(t.latency_ratio for t in measured))
+    figure.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="y = x (latency follows FLOPs)",
+                                line={"dash": "dot", "color": "#555"}, hoverinfo="skip"))
+    figure.update_layout(
+        title="FLOPs ratio vs measured latency ratio",
+        xaxis_title="FLOPs ratio (pruned / dense)", yaxis_title="latency ratio, p50 (pruned / dense)",
+        template="plotly_white", height=520,
+    )
+    return figure

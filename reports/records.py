@@ -1,0 +1,178 @@
+"""Read a search's Optuna study into plain records.
+
+The study storage is the single source of truth, so everything the reports show starts here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+REQUIRED_STUDY_ATTRS = ("workload", "cost_metric", "budget", "epsilon", "dense")
+
+
+class ReportError(Exception):
+    """The study cannot be reported on (missing storage, study or required attributes)."""
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Study-level facts the search stored once: target, budget and the dense reference."""
+
+    workload: str
+    cost_metric: str
+    budget: float
+    epsilon: float
+    input_shape: list[int]
+    dense: dict[str, Any]
+    latency_setup: dict[str, Any]
+    config: dict[str, Any]
+    space: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial of any state, flattened from its user attrs."""
+
+    number: int
+    state: TrialState
+    label: str | None = None
+    method: str | None = None
+    policy: dict[str, Any] | None = None
+    values: list[float] | None = None
+    cost_ratio: float | None = None
+    accuracy: float | None = None
+    accuracy_loss: float | None = None
+    test_accuracy: float | None = None
+    accuracy_before_finetune: float | None = None
+    flops: int | None = None
+    params: int | None = None
+    size_bytes: int | None = None
+    latency_ms: float | None = None
+    latency_p90_ms: float | None = None
+    flops_ratio: float | None = None
+    params_ratio: float | None = None
+    latency_ratio: float | None = None
+    model_path: str | None = None
+    failure: str | None = None
+    stopped_reason: str | None = None
+    seconds: float | None = None
+
+    @property
+    def is_complete(self) -> bool:
+        return self.state == TrialState.COMPLETE
+
+    @property
+    def is_baseline(self) -> bool:
+        return bool(self.label and self.label.startswith("baseline:"))
+
+
+@dataclass(frozen=True)
+class StudyRecords:
+    """A study read back: its run-level info and one record per trial, by trial number."""
+
+    info: RunInfo
+    trials: list[TrialRecord] = field(default_factory=list)
+
+
+def _float(value: Any) -> float | None:
+    """A finite float, or None for missing, non-numeric or non-finite values."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int(value: Any) -> int | None:
+    number = _float(value)
+    return None if number is None else int(number)
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _policy(value: Any) -> dict[str, Any] | None:
+    """The policy dict, also when a writer stored it as JSON text."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return None
+    return value if isinstance(value, dict) else None
+
+
+TEST_ACCURACY_ATTR = "test_accuracy"  # study attr {trial number: accuracy}: finished trials cannot take new attrs
+
+
+def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = None) -> TrialRecord:
+    """Flatten one frozen trial; objective values back up cost_ratio and accuracy_loss.
+
+    Test accuracy is measured after the search, when Optuna no longer lets a trial change, so it lives
+    in the study attribute `test_accuracy` keyed by trial number.
+    """
+    attrs = trial.user_attrs
+    values = list(trial.values) if trial.values else None
+    policy = _policy(attrs.get("policy"))
+    return TrialRecord(
+        number=trial.number,
+        state=trial.state,
+        label=_str(attrs.get("label")),
+        method=_str(attrs.get("method") or (policy or {}).get("method")),
+        policy=policy,
+        values=values,
+        cost_ratio=_float(attrs.get("cost_ratio", values[0] if values else None)),
+        accuracy=_float(attrs.get("accuracy")),
+        accuracy_loss=_float(
+            attrs.get("accuracy_loss", values[1] if values and len(values) > 1 else None)
+        ),
+        test_accuracy=_float((test_accuracies or {}).get(str(trial.number), attrs.get("test_accuracy"))),
+        accuracy_before_finetune=_float(attrs.get("accuracy_before_finetune")),
+        flops=_int(attrs.get("flops")),
+        params=_int(attrs.get("params")),
+        size_bytes=_int(attrs.get("size_bytes")),
+        latency_ms=_float(attrs.get("latency_ms")),
+        latency_p90_ms=_float(attrs.get("latency_p90_ms")),
+        flops_ratio=_float(attrs.get("flops_ratio")),
+        params_ratio=_float(attrs.get("params_ratio")),
+        latency_ratio=_float(attrs.get("latency_ratio")),
+        model_path=_str(attrs.get("model_path")),
+        failure=_str(attrs.get("failure")),
+        stopped_reason=_str(attrs.get("stopped_reason")),
+        seconds=_float(attrs.get("seconds")),
+    )
+
+
+def run_info(attrs: dict[str, Any]) -> RunInfo:
+    """Study user attrs as a RunInfo; raises ReportError naming any required attr that is missing."""
+    missing = [name for name in REQUIRED_STUDY_ATTRS if name not in attrs]
+    if missing:
+        raise ReportError(f"study lacks the user attrs {', '.join(missing)}; was it written by search?")
+    return RunInfo(
+        workload=str(attrs["workload"]),
+        cost_metric=str(attrs["cost_metric"]),
+        budget=float(attrs["budget"]),
+        epsilon=float(attrs["epsilon"]),
+        input_shape=[int(d) for d in attrs.get("input_shape") or []],
+        dense=dict(attrs["dense"]),
+        latency_setup=dict(attrs.get("latency_setup") or {}),
+        config=dict(attrs.get("config") or {}),
+        space=dict(attrs.get("space") or {}),
+    )
+
+
+def load_records(storage: str, study_name: str = "search") -> StudyRecords:
+    """Load the study from `storage` (an Optuna storage URL) and flatten it; ReportError if absent."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError as error:
+        raise ReportError(f"no study named {study_name!r} in {storage}") from error
+    tested = study.user_attrs.get(TEST_ACCURACY_ATTR) or {}
+    trials = [trial_record(t, tested) for t in study.get_trials(deepcopy=False)]
+    return StudyRecords(info=run_info(study.user_attrs), trials=trials)

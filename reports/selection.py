@@ -1,0 +1,67 @@
+"""Pareto front and the pick: min cost subject to loss <= epsilon and cost ratio <= budget.
+
+Feasibility is recomputed from the trials' own metrics, not from Optuna's stored constraints,
+so a report stays right even if a run's constraint bookkeeping changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from reports.records import TrialRecord
+
+TOLERANCE = 1e-9
+
+
+def _scored(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """Complete trials that carry both a cost ratio and a validation accuracy."""
+    return [r for r in records if r.is_complete and r.cost_ratio is not None and r.accuracy is not None]
+
+
+def pareto_front(records: Iterable[TrialRecord]) -> list[TrialRecord]:
+    """Complete trials not dominated in (lower cost_ratio, higher accuracy), sorted by cost_ratio.
+
+    Trials with identical (cost_ratio, accuracy) do not dominate each other, so all of them stay.
+    """
+    ordered = sorted(_scored(records), key=lambda r: (r.cost_ratio, -r.accuracy, r.number))
+    front: list[TrialRecord] = []
+    for record in ordered:
+        if not front or record.accuracy > front[-1].accuracy:
+            front.append(record)
+        elif (record.cost_ratio, record.accuracy) == (front[-1].cost_ratio, front[-1].accuracy):
+            front.append(record)
+    return front
+
+
+def within_budget(record: TrialRecord, budget: float) -> bool:
+    """Complete, with a known cost ratio no larger than the budget."""
+    return record.is_complete and record.cost_ratio is not None and record.cost_ratio <= budget + TOLERANCE
+
+
+def is_feasible(record: TrialRecord, budget: float, epsilon: float) -> bool:
+    """Within budget and losing at most epsilon of validation accuracy."""
+    return (
+        within_budget(record, budget)
+        and record.accuracy_loss is not None
+        and record.accuracy_loss <= epsilon + TOLERANCE
+    )
+
+
+def _accuracy_or_worst(record: TrialRecord) -> float:
+    return record.accuracy if record.accuracy is not None else float("-inf")
+
+
+def select_best(records: Iterable[TrialRecord], budget: float, epsilon: float) -> TrialRecord | None:
+    """The feasible trial of least cost ratio (ties: higher accuracy, then lower number); None if none."""
+    feasible = [r for r in records if is_feasible(r, budget, epsilon)]
+    if not feasible:
+        return None
+    return min(feasible, key=lambda r: (r.cost_ratio, -_accuracy_or_worst(r), r.number))
+
+
+def closest_to_epsilon(records: Iterable[TrialRecord], budget: float) -> TrialRecord | None:
+    """The in-budget trial that lost the least accuracy (ties: lower cost); None if none is in budget."""
+    in_budget = [r for r in records if within_budget(r, budget) and r.accuracy_loss is not None]
+    if not in_budget:
+        return None
+    return min(in_budget, key=lambda r: (r.accuracy_loss, r.cost_ratio, r.number))

@@ -1,0 +1,30 @@
+"""Warm-start baselines: the first trials of every new study are what a user would try by hand at the budget."""
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+
+from spaces import SearchSpace
+
+
+def baseline_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
+    """Uniform L1 channel pruning, Torch-Pruning's global group-L2 ranking and uniform magnitude, at the budget."""
+    uniform = {f"a:{g.name}": 1.0 for g in space.groups}
+    common = {"lr_scale": 1.0, "target": space.budget}
+    points = {
+        "uniform_l1": {"method": "channel", "criterion": "l1", "round_to": 1, "ranking": "per_group", **uniform, **common},
+        "tp_global": {"method": "channel", "criterion": "l2", "round_to": 1, "ranking": "global", **common},
+        "uniform_magnitude": {"method": "magnitude", **uniform, **common},
+    }
+    return {name: p for name, p in points.items() if p["method"] in space.methods}
+
+
+def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[str]:
+    """Queue the baselines in a study that has no trials yet; returns their names."""
+    if study.trials:
+        return []
+    points = baseline_points(space)
+    for name, params in points.items():
+        study.enqueue_trial(params, user_attrs={"label": f"baseline:{name}"})
+    return list(points)

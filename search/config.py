@@ -1,0 +1,143 @@
+"""RunConfig: the validated command line of `python -m search.run`; bad values fail here with one line naming the flag."""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from search.workloads.cache import default_cache_dir
+
+COST_METRICS = ("flops", "latency", "params")
+SAMPLERS = ("tpe", "nsga2", "random")
+BACKENDS = ("optuna", "ray")
+DEVICES = ("cpu", "cuda")
+DEFAULT_METHODS = ("magnitude", "global_magnitude", "channel")
+
+
+class ConfigError(ValueError):
+    """A bad command-line value; the message names the flag and the fix."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one search run needs; `out` holds the study, so the same `out` resumes the run."""
+
+    workload: str = "fashion-resnet20"
+    budget: float = 0.5
+    epsilon: float = 0.01
+    cost: str = "flops"
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    trials: int = 24
+    timeout: float | None = None
+    finetune_epochs: float = 0.15
+    sampler: str = "tpe"
+    backend: str = "optuna"
+    address: str | None = None
+    device: str = "cpu"
+    seed: int = 0
+    out: Path = field(default_factory=lambda: Path("runs"))
+    data_dir: Path | None = None
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    batch_size: int = 1
+    threads: int | None = None
+
+    def to_json(self) -> dict:
+        """A JSON-friendly copy, stored with the study so a report shows what was run."""
+        data = asdict(self)
+        data["methods"] = list(self.methods)
+        for key in ("out", "data_dir", "cache_dir"):
+            data[key] = None if data[key] is None else str(data[key])
+        return data
+
+
+def _fraction(flag: str, low: float, high: float, low_open: bool, high_open: bool):  # noqa: ANN202 - argparse type
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a number") from None
+        too_low = value <= low if low_open else value < low
+        too_high = value >= high if high_open else value > high
+        if math.isnan(value) or too_low or too_high:
+            bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"{flag} {text} is out of range: give a value in {bounds}")
+        return value
+    return parse
+
+
+def _positive(flag: str, kind: type):  # noqa: ANN202 - argparse type
+    def parse(text: str):  # noqa: ANN202
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a {kind.__name__}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{flag} {text} must be greater than 0")
+        return value
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line, exit 2 at the CLI) instead of printing usage."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(message.replace("argument ", ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m search.run", description="Search per-layer pruning policies under a cost budget "
+                     "and an accuracy-loss bound; writes the Pareto front, the pick and a report to --out.")
+    parser.add_argument("--workload", default=RunConfig.workload,
+                        help="built-in name (fashion-resnet20, digits-cnn) or package.module:function returning a Workload")
+    parser.add_argument("--budget", type=_fraction("--budget", 0, 1, True, False), default=RunConfig.budget,
+                        help="upper bound on cost(pruned)/cost(dense), in (0, 1]; default 0.5")
+    parser.add_argument("--epsilon", type=_fraction("--epsilon", 0, 1, False, False), default=RunConfig.epsilon,
+                        help="largest allowed drop in validation accuracy, absolute fraction; default 0.01 (one point)")
+    parser.add_argument("--cost", choices=COST_METRICS, default=RunConfig.cost, help="what the budget bounds; default flops")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help="comma-separated pruning methods to search over (magnitude, global_magnitude, channel, layer, nm)")
+    parser.add_argument("--trials", type=_positive("--trials", int), default=RunConfig.trials, help="trials in the study")
+    parser.add_argument("--timeout", type=_positive("--timeout", float), default=None,
+                        help="stop starting new trials after this many seconds")
+    parser.add_argument("--finetune-epochs", type=_fraction("--finetune-epochs", 0, 1000, False, True),
+                        default=RunConfig.finetune_epochs, help="fine-tuning per trial, in epochs (fractions allowed)")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=RunConfig.sampler)
+    parser.add_argument("--backend", choices=BACKENDS, default=RunConfig.backend)
+    parser.add_argument("--address", default=None, help="Ray cluster address for --backend ray")
+    parser.add_argument("--device", choices=DEVICES, default=RunConfig.device)
+    parser.add_argument("--seed", type=int, default=RunConfig.seed)
+    parser.add_argument("--out", type=Path, default=None, help="run folder; the same folder resumes the run "
+                        "(default runs/<workload>-<timestamp>)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="folder with the workload's data files")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="where trained dense models are cached")
+    parser.add_argument("--batch-size", type=_positive("--batch-size", int), default=1, help="batch size for latency")
+    parser.add_argument("--threads", type=_positive("--threads", int), default=None,
+                        help="CPU threads for latency measurement (default: torch's)")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> RunConfig:
+    """Parse and validate the command line; raises ConfigError with a one-line message."""
+    args = build_parser().parse_args(argv)
+    from pruners import available_methods
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in available_methods()]
+    if not methods or unknown:
+        raise ConfigError(f"--methods: unknown method {', '.join(unknown) or '(none given)'}; "
+                          f"choose from {', '.join(available_methods())}")
+    if args.backend == "optuna" and args.address:
+        raise ConfigError("--address is for --backend ray; add --backend ray or drop --address")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir} is not a readable directory; give the folder holding the data files")
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    workload_slug = args.workload.replace(":", "-").replace(".", "-")
+    return RunConfig(
+        workload=args.workload, budget=args.budget, epsilon=args.epsilon, cost=args.cost, methods=methods,
+        trials=args.trials, timeout=args.timeout, finetune_epochs=args.finetune_epochs, sampler=args.sampler,
+        backend=args.backend, address=args.address, device=args.device, seed=args.seed,
+        out=args.out if args.out is not None else Path("runs") / f"{workload_slug}-{stamp}",
+        data_dir=args.data_dir, cache_dir=args.cache_dir or default_cache_dir(),
+        batch_size=args.batch_size, threads=args.threads,
+    )

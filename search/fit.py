@@ -1,0 +1,60 @@
+"""Fit a sampled point to its cost target: prune at the cost model's level, measure, and bisect until the
+measured ratio lands at or just under the target (the model predicts; fvcore decides)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pruners import prune
+from spaces import Policy, SearchSpace
+
+TOLERANCE = 0.02  # accept a ratio within this much under the target
+MAX_STEPS = 6
+
+
+@dataclass
+class FittedModel:
+    """A pruned model, the policy that made it, and its measured cost ratio (FLOPs or params)."""
+
+    model: nn.Module
+    policy: Policy
+    ratio: float
+
+
+def fit_to_target(dense: nn.Module, example_inputs: torch.Tensor, space: SearchSpace, params: dict[str, Any],
+                  target: float, measure_ratio: Callable[[nn.Module], float], label: str = "search",
+                  extra_options: dict[str, Any] | None = None) -> FittedModel:
+    """The least-pruned model at this point of the space whose measured ratio is <= target (or the most pruned one)."""
+    extra = extra_options or {}
+
+    def attempt(level: float) -> FittedModel:
+        policy = space.policy(params, level, label)
+        model = prune(dense, example_inputs, **policy.prune_kwargs(), **extra)
+        return FittedModel(model, policy, measure_ratio(model))
+
+    if params["method"] == "nm":
+        return attempt(0.0)
+    level = space.initial_level(params, target)
+    first = attempt(level)
+    if first.ratio <= target:
+        if target - first.ratio <= TOLERANCE:
+            return first
+        best, low, high = first, 0.0, level
+    else:
+        low, high = level, space.max_level(params)
+        best = attempt(high)
+        if best.ratio > target:
+            return best  # even the hardest pruning misses the target: the trial records it as over budget
+    for _ in range(MAX_STEPS):
+        mid = (low + high) / 2
+        candidate = attempt(mid)
+        if candidate.ratio <= target:
+            best, high = candidate, mid
+            if target - candidate.ratio <= TOLERANCE:
+                break
+        else:
+            low = mid
+    return best

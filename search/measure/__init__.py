@@ -1,0 +1,19 @@
+"""Cost measurement: FLOPs (fvcore, mask-aware), parameters, saved size and interleaved latency.
+
+Which ops the FLOP count includes, and why, is documented once in ``search.measure.flops``.
+"""
+
+from search.measure.flops import count_flops, flops_by_operator, layer_flops, weight_density
+from search.measure.latency import compare_latency, latency
+from search.measure.size import count_params, model_size_bytes
+
+__all__ = [
+    "compare_latency",
+    "count_flops",
+    "count_params",
+    "flops_by_operator",
+    "latency",
+    "layer_flops",
+    "model_size_bytes",
+    "weight_density",
+]

@@ -1,0 +1,146 @@
+"""Wall-clock latency, measured warm, with fixed threads, several models interleaved in one process.
+
+Absolute times on a shared machine drift between runs (DESIGN.md: 2.0 to 5.0 ms for one model);
+timing models round robin in one process lets drift hit all of them alike, so ratios hold.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def latency(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    batch_size: int = 1,
+    warmup: int = 10,
+    repeats: int = 50,
+) -> dict[str, Any]:
+    """Latency of one model: ``p50_ms``, ``p90_ms``, ``mean_ms`` and the conditions they were taken in."""
+    result = compare_latency(
+        {"model": model},
+        example_inputs,
+        reference="model",
+        device=device,
+        threads=threads,
+        batch_size=batch_size,
+        warmup=warmup,
+        repeats=repeats,
+        rounds=1,
+    )["model"]
+    del result["ratio"]
+    return result
+
+
+def compare_latency(
+    models: dict[str, nn.Module],
+    example_inputs: torch.Tensor,
+    *,
+    reference: str,
+    device: str = "cpu",
+    threads: int | None = None,
+    batch_size: int = 1,
+    warmup: int = 10,
+    repeats: int = 50,
+    rounds: int = 5,
+) -> dict[str, dict[str, Any]]:
+    """Time the models interleaved; per model its latency stats and ``ratio`` = p50 / the reference's p50.
+
+    Each of ``rounds`` rounds times every model for ``repeats // rounds`` forward passes (at least one),
+    in an order rotated each round. Models run on deep copies in eval mode under inference_mode, so the
+    callers' models keep their device and training flag. The input is the first sample of
+    ``example_inputs`` repeated to ``batch_size``.
+    """
+    if reference not in models:
+        raise ValueError(f"reference {reference!r} is not one of the models: {sorted(models)}")
+    if batch_size < 1 or repeats < 1 or rounds < 1 or warmup < 0:
+        raise ValueError("batch_size, repeats and rounds must be >= 1 and warmup >= 0")
+    dev = torch.device(device)
+    per_round = max(repeats // rounds, 1)
+    inputs = example_inputs[:1].expand(batch_size, *example_inputs.shape[1:]).contiguous().to(dev)
+    copies = {name: _copy(model).to(dev).eval() for name, model in models.items()}
+    samples: dict[str, list[float]] = {name: [] for name in copies}
+    names = list(copies)
+    with _num_threads(threads) as used_threads, torch.inference_mode():
+        for name in names:
+            _time_calls(copies[name], inputs, warmup, dev)
+        for round_index in range(rounds):
+            shift = round_index % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[name] += _time_calls(copies[name], inputs, per_round, dev)
+    stats = {name: _summarise(times) for name, times in samples.items()}
+    reference_p50 = stats[reference]["p50_ms"]
+    for entry in stats.values():
+        entry.update(
+            ratio=entry["p50_ms"] / reference_p50,
+            batch_size=batch_size,
+            device=str(dev),
+            threads=used_threads,
+        )
+    return stats
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy, also of a model that ran forward with torch.nn.utils.prune masks.
+
+    Such a model keeps ``weight = weight_orig * weight_mask`` as a plain attribute that is not a graph
+    leaf, and Tensor.__deepcopy__ refuses those; the copy gets it detached (its pre-hook recomputes it).
+    """
+    memo = {
+        id(value): value.detach().clone()
+        for module in model.modules()
+        for value in vars(module).values()
+        if isinstance(value, torch.Tensor) and not value.is_leaf
+    }
+    return copy.deepcopy(model, memo)
+
+
+def _time_calls(model: nn.Module, inputs: torch.Tensor, calls: int, device: torch.device) -> list[float]:
+    """Milliseconds of each of ``calls`` forward passes, synchronising the GPU around each."""
+    times = []
+    for _ in range(calls):
+        _synchronize(device)
+        start = time.perf_counter()
+        model(inputs)
+        _synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that the clock measures it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _summarise(times: list[float]) -> dict[str, Any]:
+    """p50, p90 and mean of the samples in milliseconds, with their count."""
+    values = torch.tensor(times, dtype=torch.float64)
+    return {
+        "p50_ms": float(values.quantile(0.5)),
+        "p90_ms": float(values.quantile(0.9)),
+        "mean_ms": float(values.mean()),
+        "repeats": len(times),
+    }
+
+
+@contextmanager
+def _num_threads(threads: int | None) -> Iterator[int]:
+    """Use ``threads`` intra-op threads (None keeps the current number) and restore the old number."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)

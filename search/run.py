@@ -1,0 +1,109 @@
+"""`python -m search.run`: search pruning policies for a workload under a budget, then report the Pareto front.
+
+Flow: RunConfig -> Workload -> SearchSpace -> backend trials (prune, recover, measure) -> study -> reports.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+
+import optuna
+
+from reports import ReportError, pareto_front, write_report
+from reports.records import load_records
+from search.baselines import enqueue_baselines
+from search.config import ConfigError, RunConfig, parse_config
+from search.finalize import evaluate_front_on_test
+from search.measure import count_flops, layer_flops
+from search.reference import DenseReference, measure_dense
+from search.study import ResumeError, open_study, record_run_attrs, requeue_interrupted, storage_url
+from search.summary import summary_lines
+from search.trial import TrialContext
+from search.workloads import WorkloadError, build_workload
+from spaces import SearchSpace
+
+log = logging.getLogger("search")
+
+
+def configure_logging() -> None:
+    """Our messages on stderr, one line each; libraries' chatter (Optuna's per-trial INFO, fvcore) kept quiet."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("search").setLevel(logging.INFO)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", module="torch_pruning")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def execute(config: RunConfig) -> int:
+    """Run (or resume) the search described by `config`; returns the exit status."""
+    run_dir = config.out
+    workload = build_workload(config.workload, seed=config.seed, cache_dir=config.cache_dir,
+                              data_dir=config.data_dir, device=config.device)
+    study = open_study(config, run_dir)
+    requeue_interrupted(study)
+    if "dense" in study.user_attrs:
+        dense = DenseReference(**study.user_attrs["dense"])
+    else:
+        log.info("measuring the dense %s (accuracy, FLOPs, latency)", workload.name)
+        dense = measure_dense(workload, device=config.device, threads=config.threads, batch_size=config.batch_size)
+    space = SearchSpace.build(workload.model, workload.example_inputs, layer_flops(workload.model, workload.example_inputs),
+                              count_flops(workload.model, workload.example_inputs), config.methods, config.budget,
+                              workload.finetune_lr)
+    record_run_attrs(study, {
+        "workload": config.workload, "cost_metric": config.cost, "budget": config.budget, "epsilon": config.epsilon,
+        "input_shape": workload.input_shape, "dense": dense.to_json(), "config": config.to_json(),
+        "space": space.describe(),
+        "latency_setup": {"device": config.device, "threads": config.threads or _torch_threads(),
+                          "batch_size": config.batch_size},
+    })
+    baselines = enqueue_baselines(study, space)
+    if baselines:
+        log.info("first trials are the baselines a user would try by hand: %s", ", ".join(baselines))
+    ctx = TrialContext(workload, space, config, dense, run_dir)
+    log.info("searching %s: budget %.2f of dense %s, epsilon %.3f, %d trials -> %s",
+             config.workload, config.budget, config.cost, config.epsilon, config.trials, run_dir)
+    try:
+        _run_backend(study, ctx)
+    except KeyboardInterrupt:
+        log.warning("interrupted: finished trials are kept in %s; rerun the same command to resume", run_dir)
+        _finish(study, ctx)
+        return 130
+    _finish(study, ctx)
+    return 0
+
+
+def _run_backend(study: optuna.Study, ctx: TrialContext) -> None:
+    if ctx.config.backend == "ray":
+        from search.backends.ray_backend import run_ray
+        run_ray(study, ctx)
+    else:
+        from search.backends.optuna_backend import run_optuna
+        run_optuna(study, ctx)
+
+
+def _finish(study: optuna.Study, ctx: TrialContext) -> None:
+    """Test accuracy for the Pareto models, the report files, and the summary on stdout."""
+    records = load_records(storage_url(ctx.run_dir))
+    evaluate_front_on_test(study, pareto_front(records.trials), ctx)
+    pareto = write_report(ctx.run_dir)
+    print("\n".join(summary_lines(pareto, str(ctx.run_dir / "report.html"))))
+
+
+def _torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    try:
+        config = parse_config(argv)
+        return execute(config)
+    except (ConfigError, WorkloadError, ResumeError, ReportError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

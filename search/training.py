@@ -1,0 +1,89 @@
+"""Training, evaluation and batch-norm recalibration: the loops every workload and every trial share."""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+from torch import nn
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: Batches, device: str = "cpu") -> float:
+    """Top-1 accuracy (a fraction) of `model` over `loader`; leaves the model in eval mode."""
+    model.eval().to(device)
+    correct = total = 0
+    for inputs, labels in loader:
+        logits = model(inputs.to(device))
+        correct += (logits.argmax(1).cpu() == labels).sum().item()
+        total += len(labels)
+    return correct / max(total, 1)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader: Batches, device: str = "cpu", max_batches: int | None = None) -> nn.Module:
+    """Adaptive BN (EagleEye): re-estimate batch-norm running statistics on training data, no gradient step."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    saved = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches seen
+    model.train().to(device)
+    for index, (inputs, _) in enumerate(loader):
+        if max_batches is not None and index >= max_batches:
+            break
+        model(inputs.to(device))
+    for m, momentum in saved.items():
+        m.momentum = momentum
+    return model.eval()
+
+
+def train(model: nn.Module, loader: Batches, *, epochs: float, lr: float, device: str = "cpu",
+          weight_decay: float = 5e-4, teacher: nn.Module | None = None, distill_weight: float = 0.5,
+          temperature: float = 4.0, progress: bool = False) -> nn.Module:
+    """SGD with momentum and a one-cycle schedule for `epochs` (fractions allowed: that share of the steps).
+
+    With a `teacher`, the loss mixes cross-entropy with Hinton distillation (KL at `temperature`).
+    """
+    steps = max(1, math.ceil(epochs * len(loader)))  # type: ignore[arg-type]
+    model.train().to(device)
+    if teacher is not None:
+        teacher.eval().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
+    bar = _progress_bar(steps) if progress else None
+    step = 0
+    while step < steps:
+        for inputs, labels in loader:
+            inputs, labels = inputs.to(device), labels.to(device)
+            logits = model(inputs)
+            loss = nn.functional.cross_entropy(logits, labels)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft = (teacher(inputs) / temperature).softmax(1)
+                kd = nn.functional.kl_div((logits / temperature).log_softmax(1), soft, reduction="batchmean")
+                loss = (1 - distill_weight) * loss + distill_weight * kd * temperature ** 2
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step >= steps:
+                break
+    if bar is not None:
+        bar.close()
+    return model.eval()
+
+
+def _progress_bar(total: int):  # noqa: ANN202 - tqdm's type
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc="training", unit="step", leave=False)

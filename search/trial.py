@@ -1,0 +1,94 @@
+"""One trial, the same for every backend: fit the sampled point to its target, prune, recover, measure, save.
+
+`evaluate_point` knows nothing of Optuna or Ray: it takes the sampled parameters and returns the metrics
+that the backend records in the study.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruners import bake
+from search.config import RunConfig
+from search.fit import fit_to_target
+from search.measure import compare_latency, count_flops, count_params, model_size_bytes
+from search.recover import recover
+from search.reference import DenseReference
+from search.workloads import Workload
+from spaces import SearchSpace
+
+CALIBRATED_CRITERIA = ("taylor", "activation")
+
+
+@dataclass
+class TrialContext:
+    """What every trial of one run shares: the workload, the space, the config, the dense reference, the run folder."""
+
+    workload: Workload
+    space: SearchSpace
+    config: RunConfig
+    dense: DenseReference
+    run_dir: Path
+
+
+def model_path(number: int) -> str:
+    """Where trial `number`'s model is saved, relative to the run folder."""
+    return f"trials/{number:05d}/model.pt"
+
+
+def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label: str = "search") -> dict[str, Any]:
+    """Run one trial and return its user attributes (policy, accuracy, costs, ratios, model_path)."""
+    started = time.perf_counter()
+    torch.manual_seed(ctx.config.seed + number)
+    workload, dense, config = ctx.workload, ctx.dense, ctx.config
+    fit_on_params = config.cost == "params"
+
+    def cost_ratio(model: nn.Module) -> float:
+        if fit_on_params:
+            return count_params(model, nonzero_only=True) / dense.params
+        return count_flops(model, workload.example_inputs) / dense.flops
+
+    extra = {}
+    if params.get("criterion") in CALIBRATED_CRITERIA:
+        extra["calibration"] = next(iter(workload.calibration))
+    fitted = fit_to_target(workload.model, workload.example_inputs, ctx.space, params,
+                           params.get("target", config.budget), cost_ratio, label, extra)
+    model, policy = fitted.model, fitted.policy
+    recovery = recover(model, workload, epochs=config.finetune_epochs, lr=policy.finetune_lr, device=config.device)
+    if not math.isfinite(recovery.accuracy):
+        raise FloatingPointError("validation accuracy is not a number")
+    model = bake(model.cpu().eval())
+    flops = count_flops(model, workload.example_inputs)
+    params_count = count_params(model, nonzero_only=True)
+    timing = compare_latency({"dense": workload.model, "pruned": model}, workload.example_inputs, reference="dense",
+                             device=config.device, threads=config.threads, batch_size=config.batch_size)
+    ratios = {"flops": flops / dense.flops, "params": params_count / dense.params,
+              "latency": timing["pruned"]["ratio"]}
+    relative = model_path(number)
+    _save(model, ctx.run_dir / relative)
+    return {
+        "policy": policy.to_json(), "method": policy.method, "label": label,
+        "accuracy": recovery.accuracy, "accuracy_loss": dense.accuracy - recovery.accuracy,
+        "accuracy_before_finetune": recovery.accuracy_before_finetune,
+        "accuracy_after_finetune": recovery.accuracy_after_finetune, "kept": recovery.kept,
+        "flops": flops, "params": params_count, "size_bytes": model_size_bytes(model),
+        "latency_ms": timing["pruned"]["p50_ms"], "latency_p90_ms": timing["pruned"]["p90_ms"],
+        "dense_latency_ms": timing["dense"]["p50_ms"],
+        "flops_ratio": ratios["flops"], "params_ratio": ratios["params"], "latency_ratio": ratios["latency"],
+        "cost_ratio": ratios[config.cost], "model_path": relative, "seconds": time.perf_counter() - started,
+    }
+
+
+def _save(model: nn.Module, path: Path) -> None:
+    """torch.save the whole module atomically, so a crash never leaves half a model file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    torch.save(model, partial)
+    os.replace(partial, path)

@@ -1,0 +1,150 @@
+"""The search space: a method, its criterion and options, a relative allocation per channel group, a cost target.
+
+Budget-aware: the sampled allocation is only a shape; `policy(params, level)` scales it, and `initial_level`
+solves the level that the cost model predicts lands on the sampled target, so no trial is wasted far over budget.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from pruners import PrunableGroup, criteria_for, prunable_groups
+from spaces.cost_model import CostModel
+from spaces.policy import Policy
+
+MAX_SPARSITY = 0.9
+PER_GROUP_METHODS = ("magnitude", "channel")
+SCALAR_METHODS = ("global_magnitude", "layer")
+CHANNEL_CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "taylor")
+ROUND_TO = (1, 4, 8)
+RANKINGS = ("per_group", "global")  # global: Torch-Pruning ranks all groups together and the level is the overall ratio
+NM_PATTERNS = ("2:4", "1:4", "2:8", "1:8")
+
+
+class Suggester(Protocol):
+    """The part of optuna.Trial the space uses (define-by-run), so the space stays free of Optuna."""
+
+    def suggest_categorical(self, name: str, choices: Any) -> Any: ...
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+
+
+@dataclass
+class SearchSpace:
+    """Everything searched for one model: built once per run from the model's prunable groups."""
+
+    methods: tuple[str, ...]
+    groups: list[PrunableGroup]
+    cost_model: CostModel
+    budget: float
+    base_lr: float
+
+    @classmethod
+    def build(cls, model: nn.Module, example_inputs: torch.Tensor, layer_flops: dict[str, int], total_flops: int,
+              methods: tuple[str, ...], budget: float, base_lr: float) -> "SearchSpace":
+        groups = prunable_groups(model, example_inputs)
+        if not groups and any(m in PER_GROUP_METHODS for m in methods):
+            raise ValueError("the model has no prunable channel groups; use --methods global_magnitude,nm or layer")
+        return cls(tuple(methods), groups, CostModel.build(layer_flops, total_flops, groups), budget, base_lr)
+
+    def target_range(self) -> tuple[float, float]:
+        """Cost-ratio targets the search samples from: up to the budget, down to 40% of it."""
+        return max(0.02, 0.4 * self.budget), self.budget
+
+    def nm_patterns(self) -> list[str]:
+        """N:M patterns whose predicted cost fits the budget (2:4 first: the one sparse tensor cores run)."""
+        fitting = [p for p in NM_PATTERNS
+                   if self.cost_model.masked_ratio({g.name: _nm_sparsity(p) for g in self.groups}) <= self.budget]
+        return fitting or [NM_PATTERNS[-1]]
+
+    def suggest(self, trial: Suggester) -> dict[str, Any]:
+        """Sample the parameters of one trial (define-by-run: only what the chosen method uses)."""
+        method = trial.suggest_categorical("method", list(self.methods))
+        params: dict[str, Any] = {"method": method}
+        params["lr_scale"] = trial.suggest_float("lr_scale", 0.3, 3.0, log=True)
+        if method == "nm":
+            params["pattern"] = trial.suggest_categorical("pattern", self.nm_patterns())
+            return params
+        params["target"] = trial.suggest_float("target", *self.target_range())
+        if method == "channel":
+            params["criterion"] = trial.suggest_categorical("criterion", list(CHANNEL_CRITERIA))
+            params["round_to"] = trial.suggest_categorical("round_to", list(ROUND_TO))
+            params["ranking"] = trial.suggest_categorical("ranking", list(RANKINGS))
+        if method in PER_GROUP_METHODS and params.get("ranking", "per_group") == "per_group":
+            for group in self.groups:
+                params[f"a:{group.name}"] = trial.suggest_float(f"a:{group.name}", 0.05, 1.0)
+        return params
+
+    def policy(self, params: dict[str, Any], level: float, label: str = "search") -> Policy:
+        """The policy at pruning `level`: the top-allocated group's ratio (others in proportion, all capped at
+        MAX_SPARSITY), or the global ratio for scalar methods."""
+        method = params["method"]
+        lr = self.base_lr * params.get("lr_scale", 1.0)
+        if method == "nm":
+            n, m = (int(v) for v in params["pattern"].split(":"))
+            return Policy("nm", "l1", 1.0 - n / m, {"n": n, "m": m}, finetune_lr=lr, label=label)
+        if method in SCALAR_METHODS or params.get("ranking") == "global":
+            if method == "channel":
+                options = {"global_pruning": True, **({"round_to": params["round_to"]} if params.get("round_to", 1) > 1 else {})}
+                return Policy(method, params["criterion"], round(level, 6), options, finetune_lr=lr, label=label)
+            criterion = params.get("criterion", criteria_for(method)[0])
+            return Policy(method, criterion, round(level, 6), dict(params.get("options", {})), finetune_lr=lr, label=label)
+        ratios = self.group_ratios(params, level)
+        per_layer = {layer: ratios[g.name] for g in self.groups for layer in g.out_layers}
+        options: dict[str, Any] = dict(params.get("options", {}))
+        if method == "channel" and params.get("round_to", 1) > 1:
+            options["round_to"] = params["round_to"]
+        return Policy(method, params.get("criterion", criteria_for(method)[0]), per_layer, options,
+                      group_sparsity=ratios, finetune_lr=lr, label=label)
+
+    def group_ratios(self, params: dict[str, Any], level: float) -> dict[str, float]:
+        """Scale the sampled allocation so the top-allocated group is at `level`, each group capped at MAX_SPARSITY."""
+        alloc = {g.name: float(params.get(f"a:{g.name}", 1.0)) for g in self.groups}  # uniform when not sampled
+        top = max(alloc.values(), default=1.0)
+        return {name: round(min(MAX_SPARSITY, level * a / top), 6) for name, a in alloc.items()}
+
+    def predicted_ratio(self, params: dict[str, Any], level: float) -> float:
+        """The cost model's FLOPs ratio for this point (scalar methods: as if the level were uniform)."""
+        if params["method"] == "layer":
+            return 1.0 - level * self.cost_model.prunable_share()
+        ratios = self.group_ratios(params, level)
+        if params["method"] == "channel":
+            return self.cost_model.channel_ratio(ratios)
+        return self.cost_model.masked_ratio(ratios)
+
+    def max_level(self, params: dict[str, Any]) -> float:
+        """The level at which every group is at MAX_SPARSITY (past the top group, the others keep rising)."""
+        if params["method"] not in PER_GROUP_METHODS or params.get("ranking") == "global":
+            return MAX_SPARSITY
+        alloc = [float(params.get(f"a:{g.name}", 1.0)) for g in self.groups]
+        return MAX_SPARSITY * max(alloc) / min(alloc)
+
+    def initial_level(self, params: dict[str, Any], target: float) -> float:
+        """The lowest level whose predicted ratio is at or under `target` (bisection; the model is monotone)."""
+        low, high = 0.0, self.max_level(params)
+        if self.predicted_ratio(params, high) > target:
+            return high
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (low, mid) if self.predicted_ratio(params, mid) <= target else (mid, high)
+        return high
+
+    def describe(self) -> dict[str, Any]:
+        """The space definition, saved with the study so a reader sees what was searched."""
+        return {
+            "methods": list(self.methods),
+            "target": {"low": self.target_range()[0], "high": self.target_range()[1],
+                       "meaning": "cost ratio each trial aims at; the allocation is scaled to land at or under it"},
+            "groups": [{"name": g.name, "channels": g.channels, "layers": list(g.out_layers)} for g in self.groups],
+            "allocation": "one relative weight in [0.05, 1] per group (magnitude, channel); scaled by a solved level",
+            "channel_criteria": list(CHANNEL_CRITERIA), "round_to": list(ROUND_TO), "channel_ranking": list(RANKINGS),
+            "nm_patterns": self.nm_patterns() if "nm" in self.methods else [],
+            "lr_scale": [0.3, 3.0], "base_lr": self.base_lr, "max_group_sparsity": MAX_SPARSITY,
+        }
+
+
+def _nm_sparsity(pattern: str) -> float:
+    n, m = (int(v) for v in pattern.split(":"))
+    return 1.0 - n / m

@@ -1,0 +1,30 @@
+"""Shared fixtures: the digits workload (trained once per session into a temporary cache) and CLI helpers."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One dense-model cache for the whole test session, so digits-cnn trains once."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def digits(cache_dir: Path):  # noqa: ANN201 - Workload
+    from search.workloads import build_workload
+    return build_workload("digits-cnn", seed=0, cache_dir=cache_dir, data_dir=None, device="cpu")
+
+
+def run_cli(args: list[str], cache_dir: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """`python -m search.run ARGS` in a subprocess with the test cache; output captured as text."""
+    env = {**os.environ, "PRUNE_SEARCH_CACHE": str(cache_dir)}
+    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)

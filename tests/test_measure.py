@@ -1,0 +1,168 @@
+"""Cost measurement on real small models: FLOPs against hand counts, published values and torch's counter."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import warnings
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+from torch.nn.utils import prune
+from torch.utils.flop_counter import FlopCounterMode
+
+from search.measure import (
+    compare_latency,
+    count_flops,
+    count_params,
+    flops_by_operator,
+    latency,
+    layer_flops,
+    model_size_bytes,
+)
+
+IMAGE = torch.randn(1, 3, 224, 224)
+
+
+def hand_net(middle: int) -> nn.Sequential:
+    """conv 3->middle k3, conv middle->4 k3, linear 64->10 on 8x8 inputs (no padding, no bias)."""
+    return nn.Sequential(
+        nn.Conv2d(3, middle, 3, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(middle, 4, 3, bias=False),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 10, bias=False),
+    )
+
+
+def mask_all(model: nn.Module, amount: float) -> nn.Module:
+    """Magnitude-prune every conv and linear weight of a copy by ``amount`` (prune hooks kept)."""
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            prune.l1_unstructured(module, "weight", amount)
+    return model
+
+
+def test_resnet18_matches_fvcore_published_count() -> None:
+    assert round(count_flops(torchvision.models.resnet18(weights=None), IMAGE) / 1e9, 2) == 1.82
+
+
+def test_hand_net_channel_pruned_matches_hand_count() -> None:
+    x = torch.randn(1, 3, 8, 8)
+    # conv1: 6x6 outputs * 8 out ch * 3 in ch * 9; conv2: 4x4 outputs * 4 out * 8 in * 9; linear 64 * 10.
+    assert layer_flops(hand_net(8), x) == {"0": 6 * 6 * 8 * 3 * 9, "2": 4 * 4 * 4 * 8 * 9, "4": 64 * 10}
+    assert count_flops(hand_net(8), x) == 7776 + 4608 + 640
+    # Channels physically removed (8 -> 6): both convs shrink, the linear does not.
+    assert count_flops(hand_net(6), x) == 6 * 6 * 6 * 3 * 9 + 4 * 4 * 4 * 6 * 9 + 64 * 10
+
+
+@pytest.mark.parametrize("remove_hooks", [False, True])
+def test_half_masked_resnet18_halves_conv_linear_flops(remove_hooks: bool) -> None:
+    x = torch.randn(1, 3, 64, 64)
+    dense = torchvision.models.resnet18(weights=None)
+    masked = mask_all(dense, 0.5)
+    if remove_hooks:
+        for module in masked.modules():
+            if prune.is_pruned(module) and isinstance(module, (nn.Conv2d, nn.Linear)):
+                prune.remove(module, "weight")
+    masked.train()
+    before = {k: v.clone() for k, v in masked.state_dict().items()}
+    # Only conv/linear cost depends on weights; the rest (batch norm, pooling) is the same in both.
+    conv_linear = sum(layer_flops(dense, x).values())
+    other = count_flops(dense, x) - conv_linear
+    assert abs((count_flops(masked, x) - other) / conv_linear - 0.5) <= 0.01
+    assert layer_flops(masked, x) == layer_flops(dense, x)
+    assert masked.training and all(m.training for m in masked.modules())
+    assert prune.is_pruned(masked) is not remove_hooks
+    assert all(torch.equal(before[k], v) for k, v in masked.state_dict().items())
+
+
+def test_counting_shows_no_fvcore_warnings(caplog: pytest.LogCaptureFixture) -> None:
+    masked = mask_all(hand_net(8), 0.5)  # weight_orig * weight_mask traces as an unsupported aten::mul
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        count_flops(masked, torch.randn(1, 3, 8, 8))
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("fvcore")] == []
+    assert [str(w.message) for w in caught] == []
+
+
+def test_vit_counts_attention_matrix_products() -> None:
+    ops = flops_by_operator(torchvision.models.vit_b_16(weights=None), IMAGE)
+    # 12 blocks x (q @ k^T + weights @ v), each 12 heads x 197 tokens x 197 tokens x 64 dims.
+    assert ops["scaled_dot_product_attention"] == 12 * 2 * 12 * 197 * 197 * 64
+
+
+# Ops both counters handle: convolutions and matrix products. Attention is left out because
+# FlopCounterMode has no formula for the CPU kernel (aten._scaled_dot_product_flash_attention_for_cpu);
+# norms and pooling are left out because FlopCounterMode does not count them.
+FVCORE_MATRIX_OPS = {"conv", "linear", "addmm", "mm", "matmul", "bmm", "einsum"}
+TORCH_MATRIX_OPS = {"aten.convolution", "aten.addmm", "aten.mm", "aten.bmm", "aten.baddbmm"}
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vit_b_16"])
+def test_agrees_with_torch_flop_counter(name: str) -> None:
+    model = torchvision.models.get_model(name, weights=None).eval()
+    ours = sum(n for op, n in flops_by_operator(model, IMAGE).items() if op in FVCORE_MATRIX_OPS)
+    # Grad stays enabled so that nn.MultiheadAttention takes its unfused path, which torch's counter sees.
+    with FlopCounterMode(display=False) as counter:
+        model(IMAGE)
+    theirs = sum(n for op, n in counter.get_flop_counts()["Global"].items() if str(op) in TORCH_MATRIX_OPS)
+    assert ours == pytest.approx(theirs / 2, rel=0.02)  # torch counts 2 flops per multiply-add
+
+
+def test_count_params_with_masks() -> None:
+    dense = hand_net(8)
+    masked = mask_all(dense, 0.5)
+    weights = 8 * 3 * 9 + 4 * 8 * 9 + 64 * 10
+    zeroed = 108 + 144 + 320  # half of each layer, rounded as l1_unstructured does
+    assert count_params(dense) == count_params(masked) == weights
+    assert count_params(dense, nonzero_only=True) == weights
+    assert count_params(masked, nonzero_only=True) == weights - zeroed
+    for module in masked.modules():
+        if prune.is_pruned(module) and not list(module.children()):
+            prune.remove(module, "weight")
+    assert count_params(masked, nonzero_only=True) == weights - zeroed
+
+
+def test_model_size_shrinks_with_channels() -> None:
+    assert model_size_bytes(hand_net(6)) < model_size_bytes(hand_net(8))
+
+
+def test_latency_reports_stats_and_leaves_model_alone() -> None:
+    model = hand_net(8).train()
+    threads = torch.get_num_threads()
+    result = latency(model, torch.randn(1, 3, 8, 8), threads=1, batch_size=4, warmup=2, repeats=20)
+    assert {"p50_ms", "p90_ms", "mean_ms", "repeats", "batch_size", "device", "threads"} <= result.keys()
+    assert 0 < result["p50_ms"] <= result["p90_ms"]
+    assert (result["repeats"], result["batch_size"], result["device"], result["threads"]) == (20, 4, "cpu", 1)
+    assert model.training and all(p.device.type == "cpu" for p in model.parameters())
+    assert torch.get_num_threads() == threads
+
+
+def test_latency_of_masked_model_after_training_step() -> None:
+    model = mask_all(hand_net(8), 0.5).train()
+    model(torch.randn(2, 3, 8, 8)).sum().backward()  # leaves each weight as a non-leaf orig * mask
+    assert latency(model, torch.randn(1, 3, 8, 8), warmup=1, repeats=3)["p50_ms"] > 0
+    assert prune.is_pruned(model) and model.training
+
+
+def test_compare_latency_ratios() -> None:
+    model = hand_net(8)
+    result = compare_latency(
+        {"dense": model, "copy": copy.deepcopy(model), "small": hand_net(6)},
+        torch.randn(1, 3, 8, 8),
+        reference="dense",
+        warmup=2,
+        repeats=20,
+        rounds=4,
+    )
+    assert result["dense"]["ratio"] == 1.0
+    for entry in result.values():
+        assert math.isfinite(entry["ratio"]) and entry["ratio"] > 0
+        assert entry["p50_ms"] <= entry["p90_ms"] and entry["repeats"] == 20
+    with pytest.raises(ValueError, match="reference"):
+        compare_latency({"dense": model}, torch.randn(1, 3, 8, 8), reference="missing")

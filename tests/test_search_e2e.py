@@ -1,0 +1,116 @@
+"""End to end on digits-cnn: a search, its run folder against the contract, the pick re-measured, and resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from search.measure import count_flops
+from search.training import evaluate
+from tests.conftest import ROOT, run_cli
+
+CONTRACT_KEYS = {"workload", "cost_metric", "budget", "epsilon", "input_shape", "dense", "best", "pareto", "trials"}
+MODEL_KEYS = {"trial", "method", "accuracy", "test_accuracy", "flops", "params", "latency_ms", "cost_ratio", "policy"}
+RUN_FILES = ("report.html", "report.md", "trials.csv", "pareto.json", "best/model.pt", "best/policy.json", "study.db")
+FAST = ["--workload", "digits-cnn", "--budget", "0.5", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(cache_dir: Path, digits, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    started = time.monotonic()
+    result = run_cli([*FAST, "--trials", "8", "--out", str(out)], cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.monotonic() - started < 120  # the issue asks under 60 s on an idle machine; CI may share it
+    return out
+
+
+def test_run_folder_follows_the_contract(finished_run: Path) -> None:
+    for name in RUN_FILES:
+        assert (finished_run / name).is_file(), name
+    pareto = json.loads((finished_run / "pareto.json").read_text())
+    assert set(pareto) == CONTRACT_KEYS
+    assert pareto["trials"] == {"complete": 8, "pruned": 0, "failed": 0}
+    assert set(pareto["dense"]) >= {"accuracy", "test_accuracy", "flops", "params", "latency_ms"}
+    assert pareto["pareto"] and all(MODEL_KEYS <= set(m) for m in pareto["pareto"])
+    assert all(m["test_accuracy"] is not None for m in pareto["pareto"])  # Pareto models get a test accuracy
+    costs = [m["cost_ratio"] for m in pareto["pareto"]]
+    accuracies = [m["accuracy"] for m in pareto["pareto"]]
+    assert costs == sorted(costs) and accuracies == sorted(accuracies)  # non-dominated: dearer is better
+
+
+def test_pick_reloads_and_meets_both_constraints(finished_run: Path, digits) -> None:
+    pareto = json.loads((finished_run / "pareto.json").read_text())
+    best = pareto["best"]
+    assert best is not None, "digits-cnn at budget 0.5 should have a pick within one point"
+    model = torch.load(finished_run / "best" / "model.pt", weights_only=False)
+    accuracy = evaluate(model, digits.val)
+    flops_ratio = count_flops(model, digits.example_inputs) / pareto["dense"]["flops"]
+    assert accuracy == pytest.approx(best["accuracy"], abs=1e-9)
+    assert pareto["dense"]["accuracy"] - accuracy <= pareto["epsilon"] + 1e-9
+    assert flops_ratio == pytest.approx(best["flops_ratio"], rel=1e-9) and flops_ratio <= pareto["budget"]
+    assert json.loads((finished_run / "best" / "policy.json").read_text())["method"] == best["method"]
+
+
+def test_baselines_come_first_and_are_labelled(finished_run: Path) -> None:
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{finished_run / 'study.db'}")
+    labels = [t.user_attrs["label"] for t in study.trials[:3]]
+    assert labels == ["baseline:uniform_l1", "baseline:tp_global", "baseline:uniform_magnitude"]
+    assert "space" in study.user_attrs and "groups" in study.user_attrs["space"]
+
+
+def test_rerun_with_same_out_continues_without_rerunning(finished_run: Path, cache_dir: Path) -> None:
+    before = json.loads((finished_run / "pareto.json").read_text())
+    result = run_cli([*FAST, "--trials", "10", "--out", str(finished_run)], cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{finished_run / 'study.db'}")
+    assert len(study.trials) == 10  # eight kept, two new, none re-run
+    assert json.loads((finished_run / "pareto.json").read_text())["dense"] == before["dense"]
+
+
+def test_a_different_search_in_the_same_folder_is_refused(finished_run: Path, cache_dir: Path) -> None:
+    result = run_cli([*FAST[:2], "--budget", "0.3", "--trials", "1", "--out", str(finished_run)], cache_dir)
+    assert result.returncode == 2 and "--out" in result.stderr and "budget" in result.stderr
+
+
+def test_kill_9_mid_run_then_resume_keeps_finished_trials(cache_dir: Path, digits, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    env = {**os.environ, "PRUNE_SEARCH_CACHE": str(cache_dir)}
+    process = subprocess.Popen([sys.executable, "-m", "search.run", *FAST, "--trials", "6", "--out", str(out)],
+                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = f"sqlite:///{out / 'study.db'}"
+    deadline = time.monotonic() + 240
+    finished: list[int] = []
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        if (out / "study.db").exists():
+            try:
+                trials = optuna.load_study(study_name="search", storage=storage).trials
+            except (KeyError, Exception):  # noqa: BLE001 - the study may not be created yet
+                continue
+            finished = [t.number for t in trials if t.state == TrialState.COMPLETE]
+            if len(finished) >= 2 and any(t.state == TrialState.RUNNING for t in trials):
+                break
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    kept = {t.number: t.user_attrs["accuracy"] for t in optuna.load_study(study_name="search", storage=storage).trials
+            if t.state == TrialState.COMPLETE}
+    assert len(kept) >= 2
+    result = run_cli([*FAST, "--trials", "6", "--out", str(out)], cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = optuna.load_study(study_name="search", storage=storage).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6
+    assert {n: a for n, a in ((t.number, t.user_attrs["accuracy"]) for t in complete) if n in kept} == kept
+    interrupted = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(interrupted) == 1 and "interrupted" in interrupted[0].user_attrs["failure"]

@@ -1,0 +1,75 @@
+"""The space: one knob per coupled channel group, budget-aware levels, JSON policies that prune() accepts."""
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from pruners import prune
+from search.measure import count_flops, layer_flops
+from search.workloads.models import resnet20
+from spaces import Policy, SearchSpace
+
+import torch
+
+
+@pytest.fixture(scope="module")
+def resnet_space() -> tuple[torch.nn.Module, torch.Tensor, SearchSpace]:
+    model, x = resnet20().eval(), torch.randn(1, 1, 28, 28)
+    space = SearchSpace.build(model, x, layer_flops(model, x), count_flops(model, x),
+                              ("magnitude", "global_magnitude", "channel", "layer", "nm"), 0.5, 0.01)
+    return model, x, space
+
+
+def test_coupled_residual_layers_share_one_knob(resnet_space) -> None:
+    _, _, space = resnet_space
+    owners = {layer: g.name for g in space.groups for layer in g.out_layers}
+    # In a ResNet stage every block's second conv adds into the same residual stream: one group.
+    assert owners["layer1.0.conv2"] == owners["layer1.1.conv2"] == owners["layer1.2.conv2"] == owners["conv1"]
+    assert owners["layer2.0.conv2"] == owners["layer2.0.downsample.0"] == owners["layer2.2.conv2"]
+    assert owners["layer1.0.conv1"] != owners["layer1.1.conv1"]
+    assert "fc" not in owners  # the output layer is never pruned
+    assert len(space.groups) == 12  # 9 inner convs + 3 residual streams
+
+
+@pytest.mark.parametrize("method", ["magnitude", "channel"])
+def test_initial_level_predicts_the_measured_ratio(resnet_space, method: str) -> None:
+    model, x, space = resnet_space
+    params = {"method": method, "lr_scale": 1.0, "target": 0.4, "criterion": "l1", "round_to": 1, "ranking": "per_group",
+              **{f"a:{g.name}": 0.3 + 0.05 * i for i, g in enumerate(space.groups)}}
+    level = space.initial_level(params, 0.4)
+    assert space.predicted_ratio(params, level) == pytest.approx(0.4, abs=0.01)
+    pruned = prune(model, x, **space.policy(params, level).prune_kwargs())
+    measured = count_flops(pruned, x) / count_flops(model, x)
+    assert measured == pytest.approx(0.4, abs=0.04)
+
+
+def test_sampled_policies_round_trip_json_and_prune(resnet_space) -> None:
+    model, x, space = resnet_space
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=1))
+    methods = set()
+    for _ in range(12):
+        trial = study.ask()
+        params = space.suggest(trial)
+        methods.add(params["method"])
+        if params["method"] != "nm":
+            assert space.target_range()[0] <= params["target"] <= 0.5
+        policy = space.policy(params, 0.3)
+        again = Policy.from_json(json.loads(json.dumps(policy.to_json())))
+        assert again == policy
+        assert prune(model, x, **again.prune_kwargs())(x).shape == (1, 10)
+        study.tell(trial, [0.5, 0.0])
+    assert len(methods) >= 3
+
+
+def test_nm_patterns_fit_the_budget(resnet_space) -> None:
+    _, _, space = resnet_space
+    assert "2:4" not in space.nm_patterns()  # 2:4 keeps half the conv FLOPs plus the unpruned rest: over 0.5
+    assert "1:4" in space.nm_patterns()
+
+
+def test_space_definition_is_json(resnet_space) -> None:
+    described = json.loads(json.dumps(resnet_space[2].describe()))
+    assert described["methods"] == ["magnitude", "global_magnitude", "channel", "layer", "nm"]
+    assert len(described["groups"]) == 12
