@@ -35,6 +35,10 @@ class RunConfig:
     sampler: str = "tpe"
     backend: str = "optuna"
     address: str | None = None
+    workers: int | None = None  # concurrent Ray trials; None: as many as the cluster's CPUs/GPUs fit at start
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    latency_on: str | None = None  # a Ray custom resource: latency is measured on a node that advertises it
     device: str = "cpu"
     seed: int = 0
     out: Path = field(default_factory=lambda: Path("runs"))
@@ -106,6 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sampler", choices=SAMPLERS, default=RunConfig.sampler)
     parser.add_argument("--backend", choices=BACKENDS, default=RunConfig.backend)
     parser.add_argument("--address", default=None, help="Ray cluster address for --backend ray")
+    parser.add_argument("--workers", type=_positive("--workers", int), default=None,
+                        help="concurrent Ray trials (default: as many as the cluster's CPUs/GPUs fit)")
+    parser.add_argument("--cpus-per-trial", type=_positive("--cpus-per-trial", float), default=None,
+                        help="CPUs each Ray trial reserves; default 1")
+    parser.add_argument("--gpus-per-trial", type=_fraction("--gpus-per-trial", 0, 64, False, False), default=None,
+                        help="GPUs each Ray trial reserves; default 1 with --device cuda, else 0")
+    parser.add_argument("--latency-on", metavar="RESOURCE", default=None,
+                        help="measure latency as a Ray task on a node advertising this custom resource")
     parser.add_argument("--device", choices=DEVICES, default=RunConfig.device)
     parser.add_argument("--seed", type=int, default=RunConfig.seed)
     parser.add_argument("--out", type=Path, default=None, help="run folder; the same folder resumes the run "
@@ -127,8 +139,17 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
     if not methods or unknown:
         raise ConfigError(f"--methods: unknown method {', '.join(unknown) or '(none given)'}; "
                           f"choose from {', '.join(available_methods())}")
-    if args.backend == "optuna" and args.address:
-        raise ConfigError("--address is for --backend ray; add --backend ray or drop --address")
+    ray_flags = {"--address": args.address, "--workers": args.workers, "--cpus-per-trial": args.cpus_per_trial,
+                 "--gpus-per-trial": args.gpus_per_trial, "--latency-on": args.latency_on}
+    given = [flag for flag, value in ray_flags.items() if value is not None]
+    if args.backend == "optuna" and given:
+        raise ConfigError(f"{given[0]} is for --backend ray; add --backend ray or drop {given[0]}")
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(args.device == "cuda")
+    if (gpus > 0) != (args.device == "cuda") or (gpus > 1 and not gpus.is_integer()):
+        raise ConfigError(f"--gpus-per-trial {gpus:g} does not fit --device {args.device}: give a value in (0, 1] "
+                          "or a whole number with --device cuda, 0 with --device cpu")
+    if args.latency_on is not None and not args.latency_on.strip():
+        raise ConfigError("--latency-on needs the name of a Ray custom resource, e.g. --latency-on target_device")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise ConfigError(f"--data-dir {args.data_dir} is not a readable directory; give the folder holding the data files")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -136,7 +157,9 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
     return RunConfig(
         workload=args.workload, budget=args.budget, epsilon=args.epsilon, cost=args.cost, methods=methods,
         trials=args.trials, timeout=args.timeout, finetune_epochs=args.finetune_epochs, sampler=args.sampler,
-        backend=args.backend, address=args.address, device=args.device, seed=args.seed,
+        backend=args.backend, address=args.address, workers=args.workers,
+        cpus_per_trial=args.cpus_per_trial or RunConfig.cpus_per_trial, gpus_per_trial=gpus, latency_on=args.latency_on,
+        device=args.device, seed=args.seed,
         out=args.out if args.out is not None else Path("runs") / f"{workload_slug}-{stamp}",
         data_dir=args.data_dir, cache_dir=args.cache_dir or default_cache_dir(),
         batch_size=args.batch_size, threads=args.threads,

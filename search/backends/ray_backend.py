@@ -1,0 +1,117 @@
+"""The Ray backend: the remaining trials run as Ray Tune trials on a cluster (or a local Ray sized to this machine).
+
+Tune schedules; the study stays the single source of truth: the searcher (StudySearch, in this driver, the only
+writer of the SQLite study) records every result, and workers send their models home through RunFolderWriter,
+so the run folder needs no shared storage. A lost worker's trial is retried (FailureConfig); a restarted driver
+with the same --out resumes from the study. Tune's own files go to <run>/ray/<experiment>.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+from dataclasses import replace
+
+import optuna
+import ray
+from ray import tune
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from search.backends.ray_latency import time_on_target
+from search.backends.ray_search import StudySearch
+from search.backends.ray_trial import RunFolderWriter, TrialSetup, run_trial
+from search.config import ConfigError, RunConfig
+from search.study import finished_count
+from search.trial import TrialContext
+
+log = logging.getLogger(__name__)
+RETRIES = 2  # a trial whose worker (or node) dies runs again, at most this many times
+
+
+def run_ray(study: optuna.Study, ctx: TrialContext) -> None:
+    """Run trials as Ray Tune trials until `--trials` have finished (counting earlier runs) or `--timeout` passes."""
+    config = ctx.config
+    remaining = config.trials - finished_count(study)
+    if remaining <= 0:
+        return
+    start_ray(config.address)
+    search = None
+    try:
+        if config.latency_on:
+            ctx = _dense_latency_on_target(study, ctx)
+        workers = config.workers or _fitting_trials(config)
+        log.info("ray: %d trial(s) at up to %d at a time, %g CPU and %g GPU each, on %d node(s)", remaining, workers,
+                 config.cpus_per_trial, config.gpus_per_trial, len([n for n in ray.nodes() if n["Alive"]]))
+        search = StudySearch(study, ctx.space, trials=config.trials, budget=config.budget, epsilon=config.epsilon,
+                             timeout=config.timeout, retries=RETRIES)
+        _tuner(ctx, search, remaining, workers).fit()
+    finally:
+        if search is not None and search.interrupt_unfinished():
+            log.warning("stopped: unfinished trials are queued again; rerun the same command to resume")
+        if config.latency_on:
+            _record_latency_nodes(study)
+        ray.shutdown()
+
+
+def start_ray(address: str | None) -> None:
+    """Connect to the cluster at `address`, or start a local Ray sized to this machine, without Ray's banners.
+
+    Tune's new console output prints an experiment banner even at verbose=0; the classic one does not.
+    """
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(include_dashboard=False, **quiet)
+
+
+def _fitting_trials(config: RunConfig) -> int:
+    """How many trials the cluster's CPUs (and GPUs) hold at once right now."""
+    total = ray.cluster_resources()
+    fits = total.get("CPU", 0) / config.cpus_per_trial
+    if config.gpus_per_trial:
+        fits = min(fits, total.get("GPU", 0) / config.gpus_per_trial)
+    return max(1, math.floor(fits))
+
+
+def _tuner(ctx: TrialContext, search: StudySearch, trials: int, workers: int) -> tune.Tuner:
+    """The Tuner: OptunaSearch-driven samples, one resource bundle per trial, retries, quiet, files under <run>/ray."""
+    config = ctx.config
+    writer = RunFolderWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=False)).remote(str(ctx.run_dir.resolve()))
+    setup = TrialSetup(ctx, writer, threads=max(1, int(config.cpus_per_trial)))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+                                    {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=search, num_samples=trials, max_concurrent_trials=workers,
+                                    reuse_actors=True),
+        run_config=tune.RunConfig(name=f"tune-{_dt.datetime.now():%Y%m%d-%H%M%S}",
+                                  storage_path=str((ctx.run_dir / "ray").resolve()),
+                                  failure_config=tune.FailureConfig(max_failures=RETRIES), verbose=0),
+    )
+
+
+def _dense_latency_on_target(study: optuna.Study, ctx: TrialContext) -> TrialContext:
+    """Measure the dense model's latency on the target node and store it as the run's dense latency."""
+    resource = ctx.config.latency_on
+    if not any(node["Alive"] and node["Resources"].get(resource) for node in ray.nodes()):
+        raise ConfigError(f"--latency-on {resource}: no node of the Ray cluster advertises resource {resource!r}; "
+                          "start one that does (ray_cluster.yaml: the target node type)")
+    stats, node = time_on_target({"dense": ctx.workload.model}, ctx.workload.example_inputs, ctx.config)
+    dense = replace(ctx.dense, latency_ms=stats["dense"]["p50_ms"])
+    study.set_user_attr("dense", dense.to_json())
+    study.set_user_attr("latency_setup", {**study.user_attrs.get("latency_setup", {}), "resource": resource,
+                                          "measured_on": node})
+    return replace(ctx, dense=dense)
+
+
+def _record_latency_nodes(study: optuna.Study) -> None:
+    """Name every node that measured latency in the run's latency setup, which the report shows."""
+    setup = dict(study.user_attrs.get("latency_setup", {}))
+    nodes = {t.user_attrs["latency_node"] for t in study.get_trials(deepcopy=False) if "latency_node" in t.user_attrs}
+    nodes.update(setup.get("measured_on", "").split("; "))
+    setup["measured_on"] = "; ".join(sorted(n for n in nodes if n))
+    study.set_user_attr("latency_setup", setup)

@@ -1,0 +1,53 @@
+"""`--latency-on RESOURCE`: latency measured as a Ray task on a node that advertises a custom resource (the target).
+
+The task asks for one unit of the resource and no CPU: measurements on one target never overlap, and a target node
+that advertises `CPU: 0` runs measurements only, never trials (see ray_cluster.yaml). Models are timed interleaved
+with the dense one in the task's process, as everywhere else, so the ratios hold.
+"""
+from __future__ import annotations
+
+import platform
+import socket
+from typing import Any
+
+import ray
+import torch
+from torch import nn
+
+from search.config import RunConfig
+from search.measure import compare_latency
+
+
+def describe_node(device: str) -> str:
+    """This Ray node and device in words: `host (ip, node 0123456789ab), cpu x86_64`."""
+    node = ray.get_runtime_context().get_node_id()
+    name = torch.cuda.get_device_name() if device == "cuda" else platform.machine()
+    return f"{socket.gethostname()} ({ray.util.get_node_ip_address()}, node {node[:12]}), {device} {name}"
+
+
+@ray.remote(num_cpus=0)
+def _time_models(models: dict[str, nn.Module], example_inputs: torch.Tensor, device: str, threads: int | None,
+                 batch_size: int) -> tuple[dict[str, dict[str, Any]], str]:
+    """Ray task: `compare_latency` against "dense" where it runs, and where that was."""
+    stats = compare_latency(models, example_inputs, reference="dense", device=device, threads=threads,
+                            batch_size=batch_size)
+    return stats, describe_node(device)
+
+
+def time_on_target(models: dict[str, nn.Module], example_inputs: torch.Tensor,
+                   config: RunConfig) -> tuple[dict[str, dict[str, Any]], str]:
+    """Time `models` (one named "dense") on a node with `config.latency_on`; returns the stats and the node."""
+    task = _time_models.options(resources={config.latency_on: 1}, num_gpus=1 if config.device == "cuda" else 0)
+    return ray.get(task.remote(models, example_inputs, config.device, config.threads, config.batch_size))
+
+
+def target_latency_attrs(dense: nn.Module, pruned: nn.Module, example_inputs: torch.Tensor,
+                         config: RunConfig) -> dict[str, Any]:
+    """A trial's latency attributes measured on the target, replacing those the trial took where it ran."""
+    stats, node = time_on_target({"dense": dense, "pruned": pruned}, example_inputs, config)
+    attrs = {"latency_ms": stats["pruned"]["p50_ms"], "latency_p90_ms": stats["pruned"]["p90_ms"],
+             "dense_latency_ms": stats["dense"]["p50_ms"], "latency_ratio": stats["pruned"]["ratio"],
+             "latency_node": node}
+    if config.cost == "latency":
+        attrs["cost_ratio"] = attrs["latency_ratio"]
+    return attrs
