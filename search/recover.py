@@ -1,4 +1,4 @@
-"""Recovery after pruning: adaptive batch-norm recalibration, then fine-tuning; keeps the better of the two.
+"""Recovery after pruning: adaptive batch-norm recalibration (the screen), then fine-tuning; keeps the better.
 
 Measured on fashion-resnet20 (DESIGN.md): fine-tuning can make a lightly pruned model worse, so the
 validation split decides whether the fine-tuned weights replace the recalibrated ones.
@@ -14,6 +14,16 @@ from search.training import evaluate, recalibrate_batchnorm, train
 from search.workloads import Workload
 
 
+class ScreenedOut(Exception):
+    """The candidate's screened accuracy cannot reach the feasible region: it is not worth fine-tuning."""
+
+    def __init__(self, accuracy: float, threshold: float) -> None:
+        super().__init__(f"screened accuracy {accuracy:.4f} after batch-norm recalibration is below {threshold:.4f}, "
+                         "the least that the largest fine-tuning gain seen so far could lift to within epsilon")
+        self.accuracy = accuracy
+        self.attrs: dict = {}  # what the trial knew when it stopped, filled in by the trial
+
+
 @dataclass
 class Recovery:
     """Validation accuracy after BN recalibration alone, after fine-tuning, and which one was kept."""
@@ -27,10 +37,16 @@ class Recovery:
         return self.accuracy_before_finetune if self.kept == "recalibrated" else float(self.accuracy_after_finetune)
 
 
-def recover(model: nn.Module, workload: Workload, *, epochs: float, lr: float, device: str = "cpu") -> Recovery:
-    """Recalibrate BN and fine-tune `model` in place for `epochs`; restores the recalibrated weights if they validate better."""
+def recover(model: nn.Module, workload: Workload, *, epochs: float, lr: float, device: str = "cpu",
+            stop_below: float | None = None) -> Recovery:
+    """Recalibrate BN, screen, and fine-tune `model` in place for `epochs`; the better validated weights stay.
+
+    With `stop_below`, a candidate whose recalibrated accuracy is under it raises ScreenedOut before fine-tuning.
+    """
     recalibrate_batchnorm(model, workload.calibration, device)
     before = evaluate(model, workload.val, device)
+    if stop_below is not None and before < stop_below:
+        raise ScreenedOut(before, stop_below)
     if epochs <= 0:
         return Recovery(before, None, "recalibrated")
     saved = copy.deepcopy(model.state_dict())

@@ -19,7 +19,7 @@ from pruners import bake
 from search.config import RunConfig
 from search.fit import fit_to_target
 from search.measure import compare_latency, count_flops, count_params, model_size_bytes
-from search.recover import recover
+from search.recover import ScreenedOut, recover
 from search.reference import DenseReference
 from search.workloads import Workload
 from spaces import SearchSpace
@@ -43,8 +43,12 @@ def model_path(number: int) -> str:
     return f"trials/{number:05d}/model.pt"
 
 
-def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label: str = "search") -> dict[str, Any]:
-    """Run one trial and return its user attributes (policy, accuracy, costs, ratios, model_path)."""
+def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label: str = "search",
+                   stop_below: float | None = None) -> dict[str, Any]:
+    """Run one trial and return its user attributes (policy, accuracy, costs, ratios, model_path).
+
+    With `stop_below` (see search.screening), a hopeless candidate raises ScreenedOut before fine-tuning.
+    """
     started = time.perf_counter()
     torch.manual_seed(ctx.config.seed + number)
     workload, dense, config = ctx.workload, ctx.dense, ctx.config
@@ -61,7 +65,15 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     fitted = fit_to_target(workload.model, workload.example_inputs, ctx.space, params,
                            params.get("target", config.budget), cost_ratio, label, extra)
     model, policy = fitted.model, fitted.policy
-    recovery = recover(model, workload, epochs=config.finetune_epochs, lr=policy.finetune_lr, device=config.device)
+    try:
+        recovery = recover(model, workload, epochs=config.finetune_epochs, lr=policy.finetune_lr,
+                           device=config.device, stop_below=stop_below)
+    except ScreenedOut as stop:
+        stop.attrs = {"policy": policy.to_json(), "method": policy.method, "label": label,
+                      "accuracy": stop.accuracy, "accuracy_before_finetune": stop.accuracy,
+                      "fitted_ratio": fitted.ratio, "stopped_reason": str(stop),
+                      "seconds": time.perf_counter() - started}
+        raise
     if not math.isfinite(recovery.accuracy):
         raise FloatingPointError("validation accuracy is not a number")
     model = bake(model.cpu().eval())

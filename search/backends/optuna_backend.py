@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 
 from reports import select_best
 from reports.records import trial_record
+from search.recover import ScreenedOut
+from search.screening import screening_threshold
 from search.study import INTERRUPTED, finished_count
 from search.trial import TrialContext, evaluate_point
 
@@ -35,10 +37,19 @@ def best_so_far(study: optuna.Study, budget: float, epsilon: float) -> str:
     return f"#{best.number} {best.method} cost {best.cost_ratio:.2f} acc {best.accuracy:.4f}"
 
 
+def screen_below(study: optuna.Study, ctx: TrialContext) -> float | None:
+    """The screening threshold from this study's fine-tuned trials (None until enough are seen)."""
+    pairs = [(t.user_attrs["accuracy_before_finetune"], t.user_attrs["accuracy_after_finetune"])
+             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+             if t.user_attrs.get("accuracy_after_finetune") is not None]
+    return screening_threshold(pairs, ctx.dense.accuracy, ctx.config.epsilon)
+
+
 def run_optuna(study: optuna.Study, ctx: TrialContext, *, show_progress: bool = True) -> None:
     """Run trials until `--trials` have finished (counting earlier runs) or `--timeout` passes.
 
-    A trial that raises or goes NaN is recorded as failed with its reason; Ctrl-C marks the running
+    A candidate screened out (search.screening) is stopped early, with its screened accuracy recorded;
+    a trial that raises or goes NaN is recorded as failed with its reason; Ctrl-C marks the running
     trial interrupted (it is queued again on resume) and re-raises.
     """
     config = ctx.config
@@ -56,11 +67,15 @@ def run_optuna(study: optuna.Study, ctx: TrialContext, *, show_progress: bool = 
             trial.set_user_attr("label", label)
             try:
                 params = ctx.space.suggest(trial)
-                attrs = evaluate_point(ctx, params, trial.number, label)
+                attrs = evaluate_point(ctx, params, trial.number, label, stop_below=screen_below(study, ctx))
                 values = record(trial, attrs, config.budget, config.epsilon)
                 if not all(math.isfinite(v) for v in values):
                     raise FloatingPointError(f"objective values {values} are not finite")
                 study.tell(trial, values)
+            except ScreenedOut as stop:
+                for key, value in stop.attrs.items():
+                    trial.set_user_attr(key, value)
+                study.tell(trial, state=TrialState.PRUNED)
             except KeyboardInterrupt:
                 trial.set_user_attr("failure", INTERRUPTED)
                 study.tell(trial, state=TrialState.FAIL)
