@@ -62,6 +62,7 @@ class TrialRecord:
     failure: str | None = None
     stopped_reason: str | None = None
     seconds: float | None = None
+    screen_seconds: float | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -146,6 +147,7 @@ def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = 
         failure=_str(attrs.get("failure")),
         stopped_reason=_str(attrs.get("stopped_reason")),
         seconds=_float(attrs.get("seconds")),
+        screen_seconds=_float(attrs.get("screen_seconds")),
     )
 
 

@@ -6,6 +6,7 @@ validation split decides whether the fine-tuned weights replace the recalibrated
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 
 from torch import nn
@@ -31,6 +32,7 @@ class Recovery:
     accuracy_before_finetune: float
     accuracy_after_finetune: float | None
     kept: str
+    screen_seconds: float  # batch-norm recalibration plus the validation pass that screens the candidate
 
     @property
     def accuracy(self) -> float:
@@ -43,16 +45,18 @@ def recover(model: nn.Module, workload: Workload, *, epochs: float, lr: float, d
 
     With `stop_below`, a candidate whose recalibrated accuracy is under it raises ScreenedOut before fine-tuning.
     """
+    started = time.perf_counter()
     recalibrate_batchnorm(model, workload.calibration, device)
     before = evaluate(model, workload.val, device)
+    screened = time.perf_counter() - started
     if stop_below is not None and before < stop_below:
         raise ScreenedOut(before, stop_below)
     if epochs <= 0:
-        return Recovery(before, None, "recalibrated")
+        return Recovery(before, None, "recalibrated", screened)
     saved = copy.deepcopy(model.state_dict())
     train(model, workload.train, epochs=epochs, lr=lr, device=device)
     after = evaluate(model, workload.val, device)
     if after >= before:
-        return Recovery(before, after, "finetuned")
+        return Recovery(before, after, "finetuned", screened)
     model.load_state_dict(saved)
-    return Recovery(before, after, "recalibrated")
+    return Recovery(before, after, "recalibrated", screened)

@@ -9,6 +9,7 @@ import sys
 import warnings
 
 import optuna
+import torch
 
 from reports import ReportError, pareto_front, write_report
 from reports.records import load_records
@@ -20,7 +21,7 @@ from search.reference import DenseReference, measure_dense
 from search.study import ResumeError, open_study, record_run_attrs, requeue_interrupted, storage_url
 from search.summary import summary_lines
 from search.trial import TrialContext
-from search.workloads import WorkloadError, build_workload
+from search.workloads import Workload, WorkloadError, build_workload
 from spaces import SearchSpace
 
 log = logging.getLogger("search")
@@ -35,16 +36,15 @@ def configure_logging() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
-def execute(config: RunConfig) -> int:
-    """Run (or resume) the search described by `config`; returns the exit status."""
+def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None = None
+            ) -> tuple[optuna.Study, TrialContext]:
+    """Open (or resume) the study in config.out, describe the run on it, queue the baselines of a new study."""
     run_dir = config.out
-    workload = build_workload(config.workload, seed=config.seed, cache_dir=config.cache_dir,
-                              data_dir=config.data_dir, device=config.device)
     study = open_study(config, run_dir)
     requeue_interrupted(study)
     if "dense" in study.user_attrs:
         dense = DenseReference(**study.user_attrs["dense"])
-    else:
+    elif dense is None:
         log.info("measuring the dense %s (accuracy, FLOPs, latency)", workload.name)
         dense = measure_dense(workload, device=config.device, threads=config.threads, batch_size=config.batch_size)
     space = SearchSpace.build(workload.model, workload.example_inputs, layer_flops(workload.model, workload.example_inputs),
@@ -54,26 +54,33 @@ def execute(config: RunConfig) -> int:
         "workload": config.workload, "cost_metric": config.cost, "budget": config.budget, "epsilon": config.epsilon,
         "input_shape": workload.input_shape, "dense": dense.to_json(), "config": config.to_json(),
         "space": space.describe(),
-        "latency_setup": {"device": config.device, "threads": config.threads or _torch_threads(),
+        "latency_setup": {"device": config.device, "threads": config.threads or torch.get_num_threads(),
                           "batch_size": config.batch_size},
     })
     baselines = enqueue_baselines(study, space)
     if baselines:
         log.info("first trials are the baselines a user would try by hand: %s", ", ".join(baselines))
-    ctx = TrialContext(workload, space, config, dense, run_dir)
+    return study, TrialContext(workload, space, config, dense, run_dir)
+
+
+def execute(config: RunConfig) -> int:
+    """Run (or resume) the search described by `config`; returns the exit status."""
+    workload = build_workload(config.workload, seed=config.seed, cache_dir=config.cache_dir,
+                              data_dir=config.data_dir, device=config.device)
+    study, ctx = prepare(config, workload)
     log.info("searching %s: budget %.2f of dense %s, epsilon %.3f, %d trials -> %s",
-             config.workload, config.budget, config.cost, config.epsilon, config.trials, run_dir)
+             config.workload, config.budget, config.cost, config.epsilon, config.trials, config.out)
     try:
-        _run_backend(study, ctx)
+        run_backend(study, ctx)
     except KeyboardInterrupt:
-        log.warning("interrupted: finished trials are kept in %s; rerun the same command to resume", run_dir)
-        _finish(study, ctx)
+        log.warning("interrupted: finished trials are kept in %s; rerun the same command to resume", config.out)
+        finish(study, ctx)
         return 130
-    _finish(study, ctx)
+    finish(study, ctx)
     return 0
 
 
-def _run_backend(study: optuna.Study, ctx: TrialContext) -> None:
+def run_backend(study: optuna.Study, ctx: TrialContext) -> None:
     if ctx.config.backend == "ray":
         from search.backends.ray_backend import run_ray
         run_ray(study, ctx)
@@ -82,17 +89,14 @@ def _run_backend(study: optuna.Study, ctx: TrialContext) -> None:
         run_optuna(study, ctx)
 
 
-def _finish(study: optuna.Study, ctx: TrialContext) -> None:
-    """Test accuracy for the Pareto models, the report files, and the summary on stdout."""
+def finish(study: optuna.Study, ctx: TrialContext, show: bool = True) -> dict:
+    """Test accuracy for the Pareto models, the report files, and the summary on stdout; returns pareto.json's dict."""
     records = load_records(storage_url(ctx.run_dir))
     evaluate_front_on_test(study, pareto_front(records.trials), ctx)
     pareto = write_report(ctx.run_dir)
-    print("\n".join(summary_lines(pareto, str(ctx.run_dir / "report.html"))))
-
-
-def _torch_threads() -> int:
-    import torch
-    return torch.get_num_threads()
+    if show:
+        print("\n".join(summary_lines(pareto, str(ctx.run_dir / "report.html"))))
+    return pareto
 
 
 def main(argv: list[str] | None = None) -> int:

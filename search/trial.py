@@ -17,15 +17,13 @@ from torch import nn
 
 from pruners import bake
 from search.config import RunConfig
+from search.final import calibration_options
 from search.fit import fit_to_target
 from search.measure import compare_latency, count_flops, count_params, model_size_bytes
 from search.recover import ScreenedOut, recover
 from search.reference import DenseReference
 from search.workloads import Workload
 from spaces import SearchSpace
-
-CALIBRATED_CRITERIA = ("taylor", "activation")
-
 
 @dataclass
 class TrialContext:
@@ -59,12 +57,11 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
             return count_params(model, nonzero_only=True) / dense.params
         return count_flops(model, workload.example_inputs) / dense.flops
 
-    extra = {}
-    if params.get("criterion") in CALIBRATED_CRITERIA:
-        extra["calibration"] = next(iter(workload.calibration))
+    extra = calibration_options(workload, params.get("criterion", ""))
     fitted = fit_to_target(workload.model, workload.example_inputs, ctx.space, params,
                            params.get("target", config.budget), cost_ratio, label, extra)
     model, policy = fitted.model, fitted.policy
+    fit_seconds = time.perf_counter() - started
     try:
         recovery = recover(model, workload, epochs=config.finetune_epochs, lr=policy.finetune_lr,
                            device=config.device, stop_below=stop_below)
@@ -95,6 +92,7 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
         "dense_latency_ms": timing["dense"]["p50_ms"],
         "flops_ratio": ratios["flops"], "params_ratio": ratios["params"], "latency_ratio": ratios["latency"],
         "cost_ratio": ratios[config.cost], "model_path": relative, "seconds": time.perf_counter() - started,
+        "screen_seconds": fit_seconds + recovery.screen_seconds,
     }
 
 

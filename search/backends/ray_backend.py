@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from search.backends.ray_latency import time_on_target
 from search.backends.ray_search import StudySearch
-from search.backends.ray_trial import RunFolderWriter, TrialSetup, run_trial
+from search.backends.ray_trial import RunFolderWriter, TrialSetup, run_trial, trial_dirname
 from search.config import ConfigError, RunConfig
 from search.study import finished_count
 from search.trial import TrialContext
@@ -43,9 +43,10 @@ def run_ray(study: optuna.Study, ctx: TrialContext) -> None:
         workers = config.workers or _fitting_trials(config)
         log.info("ray: %d trial(s) at up to %d at a time, %g CPU and %g GPU each, on %d node(s)", remaining, workers,
                  config.cpus_per_trial, config.gpus_per_trial, len([n for n in ray.nodes() if n["Alive"]]))
+        experiment = f"tune-{_dt.datetime.now():%Y%m%d-%H%M%S}"
         search = StudySearch(study, ctx.space, trials=config.trials, budget=config.budget, epsilon=config.epsilon,
-                             timeout=config.timeout, retries=RETRIES)
-        _tuner(ctx, search, remaining, workers).fit()
+                             timeout=config.timeout, retries=RETRIES, tune_dir=f"ray/{experiment}")
+        _tuner(ctx, search, experiment, remaining, workers).fit()
     finally:
         if search is not None and search.interrupt_unfinished():
             log.warning("stopped: unfinished trials are queued again; rerun the same command to resume")
@@ -57,12 +58,19 @@ def run_ray(study: optuna.Study, ctx: TrialContext) -> None:
 def start_ray(address: str | None) -> None:
     """Connect to the cluster at `address`, or start a local Ray sized to this machine, without Ray's banners.
 
-    Tune's new console output prints an experiment banner even at verbose=0; the classic one does not.
+    Tune's new console output prints an experiment banner even at verbose=0; the classic one does not. Tune's own
+    Ctrl-C handler would end the run quietly and advise Tuner.restore; without it, Ctrl-C stops the driver as it
+    does the optuna backend (unfinished trials queued again, report written, exit 130).
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as error:
+            raise ConfigError(f"--address {address}: no Ray cluster there ({error}); start one with `ray start "
+                              "--head` or `ray up ray_cluster.yaml`, or drop --address for a local Ray") from error
     else:
         ray.init(include_dashboard=False, **quiet)
 
@@ -76,7 +84,7 @@ def _fitting_trials(config: RunConfig) -> int:
     return max(1, math.floor(fits))
 
 
-def _tuner(ctx: TrialContext, search: StudySearch, trials: int, workers: int) -> tune.Tuner:
+def _tuner(ctx: TrialContext, search: StudySearch, experiment: str, trials: int, workers: int) -> tune.Tuner:
     """The Tuner: OptunaSearch-driven samples, one resource bundle per trial, retries, quiet, files under <run>/ray."""
     config = ctx.config
     writer = RunFolderWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
@@ -87,9 +95,8 @@ def _tuner(ctx: TrialContext, search: StudySearch, trials: int, workers: int) ->
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(search_alg=search, num_samples=trials, max_concurrent_trials=workers,
-                                    reuse_actors=True),
-        run_config=tune.RunConfig(name=f"tune-{_dt.datetime.now():%Y%m%d-%H%M%S}",
-                                  storage_path=str((ctx.run_dir / "ray").resolve()),
+                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=experiment, storage_path=str((ctx.run_dir / "ray").resolve()),
                                   failure_config=tune.FailureConfig(max_failures=RETRIES), verbose=0),
     )
 

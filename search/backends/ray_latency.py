@@ -12,13 +12,17 @@ from typing import Any
 
 import ray
 import torch
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import nn
 
 from search.config import RunConfig
 from search.measure import compare_latency
 
+# A task started by a Tune trial lands in the trial's placement group unless told otherwise; the target is elsewhere.
+OUTSIDE_TRIAL_BUNDLE = PlacementGroupSchedulingStrategy(placement_group=None)
 
-def describe_node(device: str) -> str:
+
+def _describe_node(device: str) -> str:
     """This Ray node and device in words: `host (ip, node 0123456789ab), cpu x86_64`."""
     node = ray.get_runtime_context().get_node_id()
     name = torch.cuda.get_device_name() if device == "cuda" else platform.machine()
@@ -31,13 +35,14 @@ def _time_models(models: dict[str, nn.Module], example_inputs: torch.Tensor, dev
     """Ray task: `compare_latency` against "dense" where it runs, and where that was."""
     stats = compare_latency(models, example_inputs, reference="dense", device=device, threads=threads,
                             batch_size=batch_size)
-    return stats, describe_node(device)
+    return stats, _describe_node(device)
 
 
 def time_on_target(models: dict[str, nn.Module], example_inputs: torch.Tensor,
                    config: RunConfig) -> tuple[dict[str, dict[str, Any]], str]:
     """Time `models` (one named "dense") on a node with `config.latency_on`; returns the stats and the node."""
-    task = _time_models.options(resources={config.latency_on: 1}, num_gpus=1 if config.device == "cuda" else 0)
+    task = _time_models.options(resources={config.latency_on: 1}, num_gpus=1 if config.device == "cuda" else 0,
+                                scheduling_strategy=OUTSIDE_TRIAL_BUNDLE)
     return ray.get(task.remote(models, example_inputs, config.device, config.threads, config.batch_size))
 
 

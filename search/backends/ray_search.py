@@ -27,9 +27,10 @@ class StudySearch(OptunaSearch):
     """Tune searcher whose every trial is a trial of `study`, recorded with its attributes and constraints."""
 
     def __init__(self, study: optuna.Study, space: SearchSpace, *, trials: int, budget: float, epsilon: float,
-                 timeout: float | None, retries: int) -> None:
+                 timeout: float | None, retries: int, tune_dir: str) -> None:
         self._search_space = space
-        self._target, self._budget, self._epsilon, self._retries = trials, budget, epsilon, retries
+        self._target, self._budget, self._epsilon = trials, budget, epsilon
+        self._retries, self._tune_dir = retries, tune_dir
         self._deadline = None if timeout is None else time.monotonic() + timeout
         super().__init__(space=self._define, metric=list(OBJECTIVES), mode=["min", "min"], sampler=study.sampler,
                          study_name=study.study_name, storage=study._storage)  # noqa: SLF001 - share the run's storage
@@ -43,17 +44,19 @@ class StudySearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         """A new point, or FINISHED once `--timeout` has passed (running trials still finish)."""
         if self._deadline is not None and time.monotonic() > self._deadline:
+            log.warning("--timeout reached after %d trials; rerun with the same --out to continue",
+                        finished_count(self._ot_study))
             return Searcher.FINISHED
         return super().suggest(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """Record the result on the study trial, then tell it (complete, or failed with the reason)."""
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials:
             return
         trial = self._ot_trials[trial_id]
         if error:
             self._fail(trial_id, f"Ray trial error (worker or node lost, or a Ray task failed) after {self._retries} "
-                                 "retries; see error.txt under the run's ray/ folder")
+                                 f"retries; see {self._tune_dir}/trial-{trial.number:05d}/error.txt in the run folder")
         elif not result or (ATTRS_KEY not in result and FAILURE_KEY not in result):
             self.interrupt(trial_id)
         elif FAILURE_KEY in result:

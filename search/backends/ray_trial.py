@@ -19,6 +19,7 @@ import ray
 import torch
 from ray import tune
 from ray.actor import ActorHandle
+from ray.tune.experiment import Trial
 
 from search.backends.ray_latency import target_latency_attrs
 from search.trial import TrialContext, evaluate_point
@@ -52,6 +53,11 @@ class TrialSetup:
     ctx: TrialContext
     writer: ActorHandle
     threads: int
+
+
+def trial_dirname(trial: Trial) -> str:
+    """Tune's folder for a trial, named by its study trial number: ray/<experiment>/trial-00007."""
+    return f"trial-{trial.config[META_KEY]['number']:05d}"
 
 
 def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:

@@ -1,0 +1,157 @@
+"""`python -m search.bench`: the searched policy against the baselines a user would pick by hand, per budget.
+
+Arms at each budget, one dense model, the same final fine-tune for every final model:
+- search: TPE over the structured methods that really run faster (channel, layer);
+- search_all: TPE over every method (masked ones included), reported beside it;
+- random_search: random sampling over the same space as `search`, the same number of trials;
+- uniform_l1, tp_global, uniform_magnitude: the hand-picked baselines (the studies' warm-start trials).
+An arm's final model is its most accurate trial within the budget (by validation accuracy), re-pruned from its
+policy and fine-tuned for --final-epochs. Writes DIR/bench.json and DIR/bench.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from scipy.stats import spearmanr
+
+from reports import TrialRecord, load_records
+from search.config import ConfigError, RunConfig, parse_config
+from search.final import final_finetune
+from search.reference import measure_dense
+from search.run import configure_logging, finish, prepare, run_backend
+from search.study import storage_url
+from search.workloads import WorkloadError, build_workload
+from spaces import Policy
+
+log = logging.getLogger("search.bench")
+STRUCTURED = ("channel", "layer")
+EVERY_METHOD = ("magnitude", "global_magnitude", "channel", "layer")
+SEARCH_ARMS = {"search": (STRUCTURED, "tpe"), "search_all": (EVERY_METHOD, "tpe"), "random_search": (STRUCTURED, "random")}
+BASELINES = ("uniform_l1", "tp_global", "uniform_magnitude")
+
+
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
+    parser = argparse.ArgumentParser(prog="python -m search.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--budgets", default="0.25,0.5,0.75", help="comma-separated budgets (cost ratios)")
+    parser.add_argument("--final-epochs", type=float, default=1.0, help="fine-tuning of every final model, in epochs")
+    args, rest = parser.parse_known_args(argv)
+    try:
+        budgets = [float(b) for b in args.budgets.split(",")]
+    except ValueError:
+        raise ConfigError(f"--budgets {args.budgets!r} is not a comma-separated list of numbers") from None
+    if not budgets or any(not 0 < b <= 1 for b in budgets):
+        raise ConfigError(f"--budgets {args.budgets}: every budget must be in (0, 1]")
+    if not args.final_epochs >= 0:
+        raise ConfigError(f"--final-epochs {args.final_epochs} must be 0 or more")
+    args.budgets = budgets
+    return args, parse_config(rest)
+
+
+def most_accurate_within(trials: list[TrialRecord], budget: float, label: str | None = None) -> TrialRecord | None:
+    """The complete trial with the best validation accuracy at or under the budget (optionally of one label)."""
+    fitting = [t for t in trials if t.is_complete and t.cost_ratio is not None and t.cost_ratio <= budget + 1e-9
+               and (label is None or t.label == label)]
+    return max(fitting, key=lambda t: (t.accuracy, -t.cost_ratio), default=None)
+
+
+def run_bench(args: argparse.Namespace, base: RunConfig) -> dict[str, Any]:
+    """Run every arm at every budget; returns bench.json's dict."""
+    workload = build_workload(base.workload, seed=base.seed, cache_dir=base.cache_dir, data_dir=base.data_dir,
+                              device=base.device)
+    dense = measure_dense(workload, device=base.device, threads=base.threads, batch_size=base.batch_size)
+    results: dict[str, dict[str, Any]] = {}
+    all_trials: list[TrialRecord] = []
+    for budget in args.budgets:
+        row: dict[str, Any] = {}
+        chosen: dict[str, tuple[TrialRecord | None, float]] = {}
+        for arm, (methods, sampler) in SEARCH_ARMS.items():
+            config = replace(base, budget=budget, methods=methods, sampler=sampler, out=base.out / f"budget-{budget:g}" / arm)
+            started = time.perf_counter()
+            study, ctx = prepare(config, workload, dense)
+            run_backend(study, ctx)
+            finish(study, ctx, show=False)
+            trials = load_records(storage_url(config.out)).trials
+            all_trials += trials
+            chosen[arm] = (most_accurate_within(trials, budget), time.perf_counter() - started)
+            if arm == "search_all":
+                for name in BASELINES:
+                    pick = most_accurate_within(trials, 1.0, f"baseline:{name}")
+                    chosen[name] = (pick, pick.seconds if pick and pick.seconds else 0.0)
+        for arm, (pick, seconds) in chosen.items():
+            row[arm] = _final_row(pick, seconds, workload, dense, args, base)
+            log.info("budget %g %-17s %s", budget, arm, row[arm])
+        results[f"{budget:g}"] = row
+    return {"workload": base.workload, "trials": base.trials, "finetune_epochs": base.finetune_epochs,
+            "final_epochs": args.final_epochs, "dense": dense.to_json(), "budgets": results,
+            "screening": _screening(all_trials)}
+
+
+def _final_row(pick: TrialRecord | None, search_seconds: float, workload, dense, args, base: RunConfig) -> dict | None:  # noqa: ANN001
+    if pick is None or pick.policy is None:
+        return None
+    started = time.perf_counter()
+    final = final_finetune(workload, dense, Policy.from_json(pick.policy), epochs=args.final_epochs,
+                           device=base.device, threads=base.threads, batch_size=base.batch_size)
+    return {"accuracy": final.accuracy, "test_accuracy": final.test_accuracy, "flops_ratio": final.flops_ratio,
+            "latency_ratio": final.latency_ratio, "seconds": search_seconds + time.perf_counter() - started,
+            "trial": pick.number, "method": pick.method}
+
+
+def _screening(trials: list[TrialRecord]) -> dict[str, float | None]:
+    """How well the screened (BN-recalibrated) accuracy ranks the fine-tuned one, and what a screen costs."""
+    pairs = [(t.accuracy_before_finetune, t.accuracy) for t in trials
+             if t.is_complete and t.accuracy_before_finetune is not None and t.accuracy is not None]
+    seconds = [t.screen_seconds for t in trials if t.screen_seconds is not None]
+    rho = float(spearmanr(*zip(*pairs)).statistic) if len(pairs) >= 3 else None
+    return {"spearman": rho, "pairs": len(pairs),
+            "seconds_per_candidate": sum(seconds) / len(seconds) if seconds else None}
+
+
+def bench_markdown(bench: dict[str, Any]) -> str:
+    """bench.md: one table per budget, test accuracy, FLOPs and latency ratios side by side, and the wall time paid."""
+    lines = [f"# Benchmark: {bench['workload']}", "",
+             f"{bench['trials']} trials per search, {bench['finetune_epochs']} fine-tune epochs per trial, "
+             f"{bench['final_epochs']} final epochs for every final model. Dense: validation "
+             f"{100 * bench['dense']['accuracy']:.2f}%, test {100 * bench['dense']['test_accuracy']:.2f}%.", ""]
+    for budget, row in bench["budgets"].items():
+        lines += [f"## Budget {budget}", "", "| arm | method | val acc | test acc | FLOPs ratio | latency ratio | seconds |",
+                  "|---|---|---|---|---|---|---|"]
+        for arm, r in row.items():
+            if r is None:
+                lines.append(f"| {arm} | none within budget | | | | | |")
+                continue
+            lines.append(f"| {arm} | {r['method']} | {100 * r['accuracy']:.2f}% | {100 * r['test_accuracy']:.2f}% | "
+                         f"{r['flops_ratio']:.3f} | {r['latency_ratio']:.3f} | {r['seconds']:.0f} |")
+        lines.append("")
+    s = bench["screening"]
+    rho = "n/a" if s["spearman"] is None else f"{s['spearman']:.3f}"
+    cost = "n/a" if s["seconds_per_candidate"] is None else f"{s['seconds_per_candidate']:.2f} s"
+    lines += [f"Screening: Spearman {rho} between BN-recalibrated and fine-tuned validation accuracy over "
+              f"{s['pairs']} trials; {cost} per candidate (pruning, recalibration and one validation pass).", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    try:
+        args, base = parse_args(argv)
+        bench = run_bench(args, base)
+    except (ConfigError, WorkloadError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    base.out.mkdir(parents=True, exist_ok=True)
+    (base.out / "bench.json").write_text(json.dumps(bench, indent=2))
+    (base.out / "bench.md").write_text(bench_markdown(bench))
+    print(bench_markdown(bench))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
