@@ -115,6 +115,8 @@ def _dense_pick_table(info: RunInfo, best: TrialRecord | None) -> Table:
     ]
     if best is None:
         return Table(["", "dense"], rows)
+    if best.dense_latency_ms is not None:  # the dense time taken interleaved with the pick, so the two compare
+        rows[-1][1] = fmt.millis(best.dense_latency_ms)
     picked = [
         (fmt.percent(best.accuracy), _signed_points(best.accuracy, dense.get("accuracy"))),
         (fmt.percent(best.test_accuracy), _signed_points(best.test_accuracy, dense.get("test_accuracy"))),

@@ -55,6 +55,7 @@ class TrialRecord:
     size_bytes: int | None = None
     latency_ms: float | None = None
     latency_p90_ms: float | None = None
+    dense_latency_ms: float | None = None  # dense p50 timed interleaved with this trial's model
     flops_ratio: float | None = None
     params_ratio: float | None = None
     latency_ratio: float | None = None
@@ -140,6 +141,7 @@ def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = 
         size_bytes=_int(attrs.get("size_bytes")),
         latency_ms=_float(attrs.get("latency_ms")),
         latency_p90_ms=_float(attrs.get("latency_p90_ms")),
+        dense_latency_ms=_float(attrs.get("dense_latency_ms")),
         flops_ratio=_float(attrs.get("flops_ratio")),
         params_ratio=_float(attrs.get("params_ratio")),
         latency_ratio=_float(attrs.get("latency_ratio")),

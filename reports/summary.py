@@ -31,6 +31,7 @@ def model_entry(record: TrialRecord) -> dict[str, Any]:
         "params_ratio": record.params_ratio,
         "size_bytes": record.size_bytes,
         "latency_p90_ms": record.latency_p90_ms,
+        "dense_latency_ms": record.dense_latency_ms,
     }
 
 
