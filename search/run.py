@@ -22,7 +22,7 @@ from search.study import ResumeError, open_study, record_run_attrs, requeue_inte
 from search.summary import summary_lines
 from search.trial import TrialContext
 from search.workloads import Workload, WorkloadError, build_workload
-from spaces import SearchSpace
+from spaces import SearchSpace, SpaceError
 
 log = logging.getLogger("search")
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = parse_config(argv)
         return execute(config)
-    except (ConfigError, WorkloadError, ResumeError, ReportError) as error:
+    except (ConfigError, WorkloadError, ResumeError, ReportError, SpaceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

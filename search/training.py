@@ -10,10 +10,21 @@ from torch import nn
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, loader: Batches, device: str = "cpu") -> float:
-    """Top-1 accuracy (a fraction) of `model` over `loader`; leaves the model in eval mode."""
+    """Top-1 accuracy (a fraction) of `model` over `loader` on `device`; the model ends in eval mode where it was.
+
+    The moves between devices happen outside inference mode: parameters moved inside it would become
+    inference tensors that no later training step or dependency trace could use.
+    """
+    home = next(model.parameters(), torch.empty(0)).device
     model.eval().to(device)
+    accuracy = _accuracy(model, loader, device)
+    model.to(home)
+    return accuracy
+
+
+@torch.inference_mode()
+def _accuracy(model: nn.Module, loader: Batches, device: str) -> float:
     correct = total = 0
     for inputs, labels in loader:
         logits = model(inputs.to(device))

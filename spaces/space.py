@@ -24,6 +24,10 @@ RANKINGS = ("per_group", "global")  # global: Torch-Pruning ranks all groups tog
 NM_PATTERNS = ("2:4", "1:4", "2:8", "1:8")
 
 
+class SpaceError(ValueError):
+    """The model offers nothing to search for the chosen methods; the message says what to change."""
+
+
 class Suggester(Protocol):
     """The part of optuna.Trial the space uses (define-by-run), so the space stays free of Optuna."""
 
@@ -46,7 +50,8 @@ class SearchSpace:
               methods: tuple[str, ...], budget: float, base_lr: float) -> "SearchSpace":
         groups = prunable_groups(model, example_inputs)
         if not groups and any(m in PER_GROUP_METHODS for m in methods):
-            raise ValueError("the model has no prunable channel groups; use --methods global_magnitude,nm or layer")
+            raise SpaceError("the model has no prunable channel groups for --methods magnitude/channel; "
+                             "use --methods global_magnitude,nm or layer")
         return cls(tuple(methods), groups, CostModel.build(layer_flops, total_flops, groups), budget, base_lr)
 
     def target_range(self) -> tuple[float, float]:
