@@ -1,19 +1,23 @@
 """Structured channel pruning with torch-pruning's dependency graph: channels are physically removed."""
 from __future__ import annotations
 
+import copy
 import logging
 import math
+from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from .criteria import CHANNEL_CRITERIA, calibrated, check_calibration, make_importance
+from .criteria import CHANNEL_CRITERIA, check_calibration, clean_signals, gather_signals, make_importance
+from .fallback import by_parts
 from .fixups import fix_attributes
-from .graph import PRUNABLE_LAYERS, forward, output_layers_of, traceable
-from .groups import ROOT_TYPES, PrunableGroup, groups_of
+from .graph import build_graph, forward, traceable
+from .groups import ROOT_TYPES, PrunableGroup, groups_of, protected_layers
 from .masks import bake
 from .registry import Sparsity, register
+from .sparsity import check_layer_keys
 
 log = logging.getLogger(__name__)
 
@@ -28,52 +32,86 @@ def channel(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, 
     together: Torch-Pruning's global ranking). A dict maps layer names to ratios: any layer in a
     group's out_layers sets that group's ratio; when members of one group disagree the largest wins.
     Unlisted groups are left whole. `round_to` keeps widths multiples of it; `calibration` is the
-    (inputs, labels) batch that the `taylor` and `activation` criteria need.
+    (inputs, labels) batch that the `taylor` and `activation` criteria need. Parts of a model that
+    torch-pruning cannot trace are pruned piecewise or skipped (see fallback.py), with a warning.
     """
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise ValueError(f"round_to={round_to!r} is invalid; use a positive int or None")
     calibration = check_calibration(criterion, calibration)
+    check_layer_keys(model, sparsity)
     bake(model)
-    modules = dict(model.named_modules())
+    plan = _Plan(make_importance(criterion), sparsity, bool(global_pruning), _round_to(model, round_to))
     with traceable(model):
-        graph = tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_inputs, forward_fn=forward, verbose=False)
-        protected = output_layers_of(graph)
-        ratio, ratio_dict = _ratios(sparsity, groups_of(graph, protected), protected, modules)
-        importance = make_importance(criterion)
-        pruner = tp.pruner.BasePruner(
-            model, example_inputs, importance=importance, global_pruning=bool(global_pruning),
-            pruning_ratio=ratio, pruning_ratio_dict=ratio_dict,
-            ignored_layers=[modules[n] for n in protected], round_to=_round_to(model, round_to),
-            root_module_types=ROOT_TYPES, forward_fn=forward,
-        )
-        with calibrated(importance, model, calibration):
-            pruner.step()
-    fix_attributes(model)
-    return model
+        gather_signals(plan.importance, model, calibration)
+    pruned = by_parts(model, example_inputs, plan.attempt)
+    clean_signals(pruned)
+    fix_attributes(pruned)
+    return pruned
 
 
-def _ratios(sparsity: Sparsity, groups: list[PrunableGroup], protected: list[str],
-            modules: dict[str, nn.Module]) -> tuple[float, dict[nn.Module, float]]:
-    """torch-pruning's (pruning_ratio, pruning_ratio_dict) for `sparsity`: one dict entry per group."""
-    if not isinstance(sparsity, dict):
-        return sparsity, {}
-    group_of = {layer: g for g in groups for layer in g.out_layers}
-    per_group: dict[str, float] = {}
-    for name, ratio in sparsity.items():
-        if name in protected:
-            log.warning("sparsity key %r is an output layer; output layers are never pruned", name)
-        elif name in group_of:
-            key = group_of[name].name
-            per_group[key] = max(ratio, per_group.get(key, 0.0))
-        elif isinstance(modules[name], PRUNABLE_LAYERS):
-            log.warning("sparsity key %r is in no prunable group (coupled with an output layer); skipped", name)
-        else:
-            raise ValueError(
-                f"sparsity key {name!r} is a {type(modules[name]).__name__}, not a conv/linear layer; "
-                "use the out_layers of prunable_groups()"
+@dataclass
+class _Plan:
+    """What to prune, applied to the whole model or to one part of it."""
+
+    importance: tp.importance.Importance
+    sparsity: Sparsity
+    global_pruning: bool
+    round_to: int | None
+
+    def attempt(self, module: nn.Module, inputs: torch.Tensor, name: str, whole_model: bool) -> nn.Module:
+        """A pruned copy of `module` (or `module` itself when nothing in it is to be pruned); raises on failure."""
+        graph = build_graph(module, inputs)
+        protected = protected_layers(module, inputs, graph, whole_model)
+        ratio, ratio_dict = self._ratios(groups_of(graph, protected), protected, name)
+        if ratio == 0 and not ratio_dict:
+            return module
+        with traceable(module), torch.no_grad():
+            expected = forward(module, inputs).shape
+        work = _copy_with_grads(module)
+        modules = dict(work.named_modules())
+        with traceable(work):
+            pruner = tp.pruner.BasePruner(
+                work, inputs, importance=self.importance, global_pruning=self.global_pruning,
+                pruning_ratio=ratio, pruning_ratio_dict={modules[n]: r for n, r in ratio_dict.items()},
+                ignored_layers=[modules[n] for n in protected], round_to=self.round_to,
+                root_module_types=ROOT_TYPES, forward_fn=forward,
             )
-    return 0.0, {modules[g]: r for g, r in per_group.items() if r > 0}
+            pruner.step()
+            fix_attributes(work)
+            with torch.no_grad():
+                got = forward(work, inputs).shape
+        if got != expected:
+            raise RuntimeError(f"pruned output shape {tuple(got)} differs from {tuple(expected)}")
+        if not whole_model and self.global_pruning:
+            log.info("channel: %s ranked on its own; global ranking spans one part at a time here", name)
+        return work
+
+    def _ratios(self, groups: list[PrunableGroup], protected: list[str],
+                prefix: str) -> tuple[float, dict[str, float]]:
+        """torch-pruning's pruning_ratio and a per-group dict of ratios (keyed by group name) for this part."""
+        if not isinstance(self.sparsity, dict):
+            return self.sparsity, {}
+        local = {k[len(prefix) + 1:] if prefix else k: r for k, r in self.sparsity.items()
+                 if not prefix or k.startswith(prefix + ".")}
+        group_of = {layer: g for g in groups for layer in g.out_layers}
+        per_group: dict[str, float] = {}
+        for key, ratio in local.items():
+            if key in group_of:
+                root = group_of[key].name
+                per_group[root] = max(ratio, per_group.get(root, 0.0))
+            elif ratio > 0:
+                where = "an output layer" if key in protected else "in no prunable group"
+                log.warning("channel: sparsity key %r is %s here; skipped", f"{prefix}.{key}" if prefix else key, where)
+        return 0.0, {g: r for g, r in per_group.items() if r > 0}
+
+
+def _copy_with_grads(module: nn.Module) -> nn.Module:
+    """A deep copy that keeps parameter gradients (deepcopy drops them; the taylor criterion reads them)."""
+    work = copy.deepcopy(module)
+    for src, dst in zip(module.parameters(), work.parameters()):
+        if src.grad is not None:
+            dst.grad = src.grad.clone()
+    return work
 
 
 def _round_to(model: nn.Module, round_to: int | None) -> int | None:

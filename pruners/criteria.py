@@ -1,9 +1,6 @@
 """Channel importance criteria: torch-pruning importance estimators, and the calibration some need."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -44,22 +41,23 @@ def check_calibration(criterion: str, calibration: object) -> Calibration | None
     return calibration
 
 
-@contextmanager
-def calibrated(importance: tp.importance.Importance, model: nn.Module,
-               calibration: Calibration | None) -> Iterator[None]:
-    """Gather what a data-driven estimator reads (gradients, activations) and clean it off the model after."""
-    if isinstance(importance, tp.importance.GroupTaylorImportance) and calibration is not None:
-        inputs, labels = calibration
+def gather_signals(importance: tp.importance.Importance, model: nn.Module, calibration: Calibration | None) -> None:
+    """Leave on `model` what a data-driven estimator reads: gradients (taylor) or mean |activation|."""
+    if calibration is None:
+        return
+    inputs, labels = calibration
+    if isinstance(importance, tp.importance.GroupTaylorImportance):
         model.zero_grad()
         F.cross_entropy(forward(model, inputs), labels).backward()
-    elif isinstance(importance, tp.importance.ActivationImportance) and calibration is not None:
+    elif isinstance(importance, tp.importance.ActivationImportance):
         with torch.no_grad(), importance.compute_importance(model):
-            forward(model, calibration[0])
-    try:
-        yield
-    finally:
-        for module in model.modules():
-            if "_importance" in module.__dict__:
-                del module._importance
-        for p in model.parameters():
-            p.grad = None
+            forward(model, inputs)
+
+
+def clean_signals(model: nn.Module) -> None:
+    """Remove gradients and stored activations so the pruned model carries nothing stale."""
+    for module in model.modules():
+        if "_importance" in module.__dict__:
+            del module._importance
+    for p in model.parameters():
+        p.grad = None

@@ -5,7 +5,7 @@ so the quirks of tracing (eval mode, gradients on, mode restored afterwards) liv
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -27,6 +27,36 @@ PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Line
 def forward(model: nn.Module, example_inputs: torch.Tensor) -> torch.Tensor:
     """Call the model on one tensor; torch-pruning's default would unpack the batch as arguments."""
     return model(example_inputs)
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no gradients for a look at the model's forward; every module's mode restored after."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
+def observe(model: nn.Module, inputs: torch.Tensor, hooks: dict[nn.Module, Callable[..., None]],
+            pre: bool = False) -> None:
+    """One eval-mode forward of `model` with `hooks` attached to modules, removed afterwards.
+
+    pre=True attaches forward-pre-hooks called as hook(module, args, kwargs); otherwise forward
+    hooks called as hook(module, args, output).
+    """
+    handles = [m.register_forward_pre_hook(h, with_kwargs=True) if pre else m.register_forward_hook(h)
+               for m, h in hooks.items()]
+    try:
+        with evaluating(model):
+            forward(model, inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager
@@ -56,29 +86,6 @@ def build_graph(model: nn.Module, example_inputs: torch.Tensor) -> tp.Dependency
         return bound_index_mappings(tp.DependencyGraph().build_dependency(
             model, example_inputs=example_inputs, forward_fn=forward, verbose=False
         ))
-
-
-def output_layers_of(graph: tp.DependencyGraph) -> list[str]:
-    """Names of the conv/linear layers whose output reaches a model output through no other weight layer."""
-    names = {m: n for n, m in graph.model.named_modules()}
-    found = []
-    for module, node in graph.module2node.items():
-        if isinstance(module, PRUNABLE_LAYERS) and module in names and _reaches_output(node):
-            found.append(names[module])
-    return found
-
-
-def _reaches_output(start: tp.dependency.Node) -> bool:
-    stack, seen = [start], {start}
-    while stack:
-        node = stack.pop()
-        if not node.outputs:
-            return True
-        for nxt in node.outputs:
-            if nxt not in seen and not isinstance(nxt.module, WEIGHT_LAYERS):
-                seen.add(nxt)
-                stack.append(nxt)
-    return False
 
 
 def input_coupled_layers(graph: tp.DependencyGraph) -> list[str]:
@@ -111,25 +118,43 @@ class IndexExplosion(RuntimeError):
     """torch-pruning's index mapping grew past any real channel count (it misreads a reshape)."""
 
 
-class _Bounded:
-    """An index mapping that refuses to produce more than `limit` indices.
+class _Budget:
+    """Limits on what the graph's index mappings may produce: a total over all groups, and a width.
 
-    torch-pruning reads some reshapes (Swin's window partition, MaxViT's grid attention) as flattens
-    and multiplies indices through each of them until memory runs out; this stops that early.
+    A flatten mapping legitimately receives at most one layer's channels (a conv's, flattened into a
+    classifier); receiving more means it is being fed an earlier flatten's output, the runaway case.
     """
 
-    def __init__(self, inner: object, limit: int) -> None:
-        self.inner, self.limit = inner, limit
+    def __init__(self, total: int, width: int) -> None:
+        self.left, self.width = total, width
+
+    def spend(self, received: int, produced: int) -> None:
+        if produced > received and received > self.width:
+            raise IndexExplosion(f"a flatten mapping received {received} indices, more than the widest layer's {self.width}")
+        self.left -= produced
+        if self.left < 0:
+            raise IndexExplosion("index mappings exceeded their budget of channel indices")
+
+
+class _Bounded:
+    """An index mapping that draws what it produces from a shared budget.
+
+    torch-pruning reads some reshapes (Swin's window partition, MaxViT's grid attention) as flattens
+    and multiplies indices through each of them until memory runs out; the budget stops that early.
+    """
+
+    def __init__(self, inner: object, budget: _Budget) -> None:
+        self.inner, self.budget = inner, budget
 
     def __call__(self, idxs: list) -> list:
-        stride = getattr(self.inner, "_stride", 1) if not getattr(self.inner, "reverse", True) else 1
-        if len(idxs) * stride > self.limit:
-            raise IndexExplosion(f"index mapping would produce {len(idxs) * stride} channel indices")
+        forward = not getattr(self.inner, "reverse", True)
+        stride = getattr(self.inner, "_stride", 1) if forward else 1
+        self.budget.spend(len(idxs), len(idxs) * stride)
         return self.inner(idxs)
 
 
-INDEX_LIMIT = 1 << 21
-"""Far above the width of any real layer, even a flatten of a large feature map into a classifier."""
+INDEX_BUDGET = 1 << 23
+"""Three times the heaviest real use measured (densenet201: 2.6M), small enough to fail in seconds."""
 
 
 class _BoundedMappings(list):
@@ -139,26 +164,72 @@ class _BoundedMappings(list):
     assignment, so the bound has to live in the list itself.
     """
 
-    def __init__(self, items: list, limit: int) -> None:
+    def __init__(self, items: list, budget: _Budget) -> None:
         super().__init__()
-        self.limit = limit
+        self.budget = budget
         for item in items:
-            self.append(item if item is None or isinstance(item, _Bounded) else _Bounded(item, limit))
+            self.append(self._wrap(item))
+
+    def _wrap(self, value: object) -> object:
+        return value if value is None or isinstance(value, _Bounded) else _Bounded(value, self.budget)
 
     def __setitem__(self, index: int, value: object) -> None:
-        if value is not None and not isinstance(value, _Bounded):
-            value = _Bounded(value, self.limit)
-        super().__setitem__(index, value)
+        super().__setitem__(index, self._wrap(value))
 
 
-def bound_index_mappings(graph: tp.DependencyGraph, limit: int = INDEX_LIMIT) -> tp.DependencyGraph:
-    """Bound every index mapping of `graph` so that a runaway expansion raises IndexExplosion."""
+def bound_index_mappings(graph: tp.DependencyGraph, budget: int = INDEX_BUDGET) -> tp.DependencyGraph:
+    """Bound the index mappings of `graph` so that a runaway expansion raises IndexExplosion."""
+    width = max((max(p.shape) for p in graph.model.parameters() if p.dim()), default=1)
+    shared = _Budget(budget, width)
     for node in graph.module2node.values():
         for dep in node.dependencies:
-            dep.index_mapping = _BoundedMappings(dep.index_mapping, limit)
+            dep.index_mapping = _BoundedMappings(dep.index_mapping, shared)
     return graph
 
 
 def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
-    """The model's output (classifier) layers, found from the traced graph; no method ever prunes them."""
-    return output_layers_of(build_graph(model, example_inputs))
+    """The conv/linear layers whose output reaches a model output through no other weight layer.
+
+    These are the classifier(s); no method ever prunes them. Found by walking autograd back from
+    the outputs rather than from torch-pruning's graph, so it works on models that graph cannot hold.
+    """
+    layer_of: dict[object, str] = {}
+
+    def recorder(name: str):
+        def record(_m: nn.Module, _args: tuple, out: object) -> None:
+            first = next(iter(_tensors(out)), None)
+            if first is not None and first.grad_fn is not None:
+                layer_of[first.grad_fn] = name
+        return record
+
+    hooks = [m.register_forward_hook(recorder(n)) for n, m in model.named_modules() if isinstance(m, WEIGHT_LAYERS)]
+    try:
+        with traceable(model):
+            outputs = _tensors(forward(model, example_inputs))
+    finally:
+        for h in hooks:
+            h.remove()
+    stack = [t.grad_fn for t in outputs if t.grad_fn is not None]
+    seen, found = set(stack), set()
+    while stack:
+        fn = stack.pop()
+        if fn in layer_of:
+            found.add(layer_of[fn])
+            continue
+        for nxt, _ in fn.next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                stack.append(nxt)
+    modules = dict(model.named_modules())
+    return [n for n in modules if n in found and isinstance(modules[n], PRUNABLE_LAYERS)]
+
+
+def _tensors(value: object) -> list[torch.Tensor]:
+    """Every tensor inside a (nested) model output: tensor, tuple, list, dict or named tuple."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    return []

@@ -10,7 +10,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .graph import PRUNABLE_LAYERS, build_graph, output_layers_of
+from .fallback import by_parts
+from .graph import PRUNABLE_LAYERS, build_graph, input_coupled_layers, output_layers
 
 ROOT_TYPES: list[type[nn.Module]] = [nn.modules.conv._ConvNd, nn.Linear]
 
@@ -51,7 +52,36 @@ def groups_of(graph: tp.DependencyGraph, protected: list[str]) -> list[PrunableG
     return found
 
 
+def protected_layers(module: nn.Module, inputs: torch.Tensor, graph: tp.DependencyGraph,
+                     whole_model: bool) -> list[str]:
+    """Layers whose output channels must stay: output layers, and for a part traced alone its input-coupled ones."""
+    return output_layers(module, inputs) + ([] if whole_model else input_coupled_layers(graph))
+
+
 def prunable_groups(model: nn.Module, example_inputs: torch.Tensor) -> list[PrunableGroup]:
-    """The model's groups of coupled channels, one per independently prunable set (output layers excluded)."""
-    graph = build_graph(model, example_inputs)
-    return groups_of(graph, output_layers_of(graph))
+    """The model's groups of coupled channels, one per independently prunable set (output layers excluded).
+
+    Parts that torch-pruning cannot trace whole are split as `channel` splits them, so these are
+    exactly the groups that channel pruning acts on, named by full module names.
+    """
+    found: list[PrunableGroup] = []
+
+    def collect(module: nn.Module, inputs: torch.Tensor, name: str, whole_model: bool) -> nn.Module:
+        graph = build_graph(module, inputs)
+        groups = groups_of(graph, protected_layers(module, inputs, graph, whole_model))
+        found.extend(_prefixed(g, name) for g in groups)
+        return module
+
+    by_parts(model, example_inputs, collect)
+    return found
+
+
+def _prefixed(group: PrunableGroup, prefix: str) -> PrunableGroup:
+    if not prefix:
+        return group
+    return PrunableGroup(
+        name=f"{prefix}.{group.name}",
+        out_layers=tuple(f"{prefix}.{n}" for n in group.out_layers),
+        in_layers=tuple(f"{prefix}.{n}" for n in group.in_layers),
+        channels=group.channels,
+    )

@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import nn
 
 from .criteria import Calibration
-from .graph import PRUNABLE_LAYERS, output_layers
+from .graph import PRUNABLE_LAYERS, observe, output_layers
 from .registry import Sparsity, register
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class _ChildrenAsLeaves(fx.Tracer):
 
 
 def _adds_its_input(module: nn.Module) -> bool:
-    """Whether module.forward contains `input + something` on its own (single) input."""
+    """Whether module.forward computes `x + f(x)` on its own (single) input x."""
     try:
         graph = _ChildrenAsLeaves().trace(module)
     except Exception:  # noqa: BLE001 - any untraceable forward simply is not a candidate
@@ -38,7 +38,16 @@ def _adds_its_input(module: nn.Module) -> bool:
     inputs = [n for n in graph.nodes if n.op == "placeholder"]
     if len(inputs) != 1:
         return False
-    return any(n.target in _ADDS and inputs[0] in n.args for n in graph.nodes if n.op in ("call_function", "call_method"))
+    derived, frontier = set(), [inputs[0]]
+    while frontier:
+        for user in frontier.pop().users:
+            if user not in derived:
+                derived.add(user)
+                frontier.append(user)
+    return any(
+        n.target in _ADDS and inputs[0] in n.args and any(a in derived for a in n.args)
+        for n in graph.nodes if n.op in ("call_function", "call_method")
+    )
 
 
 def removable_blocks(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
@@ -66,24 +75,8 @@ def _same_shape(model: nn.Module, inputs: torch.Tensor, names: list[str]) -> dic
             seen[name] = seen.get(name, True) and same
         return record
 
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
-    try:
-        _eval_forward(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    observe(model, inputs, {modules[n]: hook(n) for n in names})
     return seen
-
-
-def _eval_forward(model: nn.Module, inputs: torch.Tensor) -> None:
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 def block_scores(model: nn.Module, blocks: list[str], criterion: str, inputs: torch.Tensor) -> dict[str, float]:
@@ -108,12 +101,7 @@ def block_scores(model: nn.Module, blocks: list[str], criterion: str, inputs: to
             sums[name] = sums.get(name, 0.0) + float((out - args[0]).norm() / args[0].norm().clamp_min(1e-12))
         return record
 
-    handles = [modules[b].register_forward_hook(hook(b)) for b in blocks]
-    try:
-        _eval_forward(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    observe(model, inputs, {modules[b]: hook(b) for b in blocks})
     return {b: sums.get(b, 0.0) for b in blocks}
 
 
@@ -122,14 +110,18 @@ def layer(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, cr
           blocks: int | None = None, calibration: Calibration | torch.Tensor | None = None) -> nn.Module:
     """Replace the least important removable blocks by nn.Identity.
 
-    `sparsity` is the fraction of removable blocks removed (rounded); `blocks` gives the count
+    `sparsity` is the fraction of removable blocks removed (rounded half up); `blocks` gives the count
     directly and overrides it. The activation criterion measures on `calibration` inputs when
     given, else on `example_inputs`.
     """
     if isinstance(sparsity, dict):
         raise ValueError("method 'layer' takes one float sparsity, not a per-layer dict; use option blocks=N for a count")
+    if blocks is None and sparsity == 0:
+        return model
     candidates = removable_blocks(model, example_inputs)
-    count = round(sparsity * len(candidates)) if blocks is None else blocks
+    if not candidates:
+        log.warning("layer: the model has no removable residual blocks; nothing removed")
+    count = int(sparsity * len(candidates) + 0.5) if blocks is None else blocks
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(candidates):
         raise ValueError(f"blocks={blocks!r} is invalid; use an int in [0, {len(candidates)}] for this model")
     if count == 0:

@@ -11,32 +11,36 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .graph import PRUNABLE_LAYERS, output_layers
+from .graph import PRUNABLE_LAYERS, observe, output_layers
 
 log = logging.getLogger(__name__)
 
 
 def maskable_layers(model: nn.Module, example_inputs: torch.Tensor) -> tuple[list[str], list[str]]:
-    """(conv/linear layers a mask may go on, the output layers that never take one)."""
+    """(conv/linear layers a mask may go on, the output layers that never take one).
+
+    A mask is refreshed by the layer's forward-pre-hook, so a layer whose forward never runs (its
+    weight read directly by a parent, as nn.MultiheadAttention and Swin's attention do) is skipped.
+    """
     protected = output_layers(model, example_inputs)
-    inside_attention = {
-        f"{name}.{child}" if name else child
-        for name, module in model.named_modules()
-        if isinstance(module, nn.MultiheadAttention)
-        for child, _ in module.named_modules()
-        if child
-    }
+    called = _called_layers(model, example_inputs)
     layers = []
     for name, module in model.named_modules():
         if not isinstance(module, PRUNABLE_LAYERS) or name in protected:
             continue
-        if name in inside_attention:
-            # nn.MultiheadAttention reads out_proj.weight without calling out_proj, so a
-            # forward-pre-hook mask would never be refreshed during training.
-            log.info("skipping %s: a projection inside nn.MultiheadAttention cannot hold a mask", name)
-            continue
-        layers.append(name)
+        if name in called:
+            layers.append(name)
+        else:
+            log.info("skipping %s: its forward never runs, so a mask on it would never be applied", name)
     return layers, protected
+
+
+def _called_layers(model: nn.Module, example_inputs: torch.Tensor) -> set[str]:
+    """Names of the conv/linear layers whose forward runs in one eval-mode pass."""
+    called: set[str] = set()
+    observe(model, example_inputs, {m: lambda *_, n=name: called.add(n)
+                                    for name, m in model.named_modules() if isinstance(m, PRUNABLE_LAYERS)}, pre=True)
+    return called
 
 
 def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
@@ -55,7 +59,3 @@ def bake(model: nn.Module) -> nn.Module:
             prune.remove(module, name)
     return model
 
-
-def is_masked(model: nn.Module) -> bool:
-    """Whether any module of `model` carries a torch.nn.utils.prune mask."""
-    return any(prune.is_pruned(m) for m in model.modules())

@@ -6,6 +6,7 @@ import numbers
 
 from torch import nn
 
+from .graph import PRUNABLE_LAYERS
 from .registry import Sparsity
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,6 @@ def check_sparsity(model: nn.Module, sparsity: object) -> Sparsity:
     return checked
 
 
-def is_zero(sparsity: Sparsity) -> bool:
-    """Whether `sparsity` asks for nothing to be pruned."""
-    if isinstance(sparsity, dict):
-        return all(r == 0.0 for r in sparsity.values())
-    return sparsity == 0.0
-
-
 def layer_ratios(sparsity: Sparsity, layers: list[str], protected: list[str]) -> dict[str, float]:
     """Per-layer ratios for `layers`: one ratio for all, or the dict's (unlisted layers get 0).
 
@@ -60,3 +54,16 @@ def layer_ratios(sparsity: Sparsity, layers: list[str], protected: list[str]) ->
         else:
             ratios[name] = ratio
     return ratios
+
+
+def check_layer_keys(model: nn.Module, sparsity: Sparsity) -> None:
+    """ValueError unless every key of a dict `sparsity` names a conv/linear layer of `model`."""
+    if not isinstance(sparsity, dict):
+        return
+    modules = dict(model.named_modules())
+    for name in sparsity:
+        if not isinstance(modules[name], PRUNABLE_LAYERS):
+            raise ValueError(
+                f"sparsity key {name!r} is a {type(modules[name]).__name__}, not a conv/linear layer; "
+                "use the out_layers of prunable_groups()"
+            )

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import pytest
 import torch
 import torchvision
 from torch import nn
+import torch_pruning as tp
 from torch.nn.utils import prune as torch_prune
 
 from pruners import (
@@ -18,6 +20,8 @@ from pruners import (
     prunable_groups,
     prune,
 )
+from pruners.graph import IndexExplosion, bound_index_mappings, forward
+from pruners.groups import groups_of
 
 X = torch.randn(4, 3, 32, 32)
 
@@ -265,10 +269,41 @@ def test_prunable_groups_couple_residual_stage(resnet18: nn.Module) -> None:
     assert inner.in_layers == ("layer1.0.conv2",)
 
 
+def test_group_knobs_expanded_to_a_channel_dict(resnet18: nn.Module) -> None:
+    groups = prunable_groups(resnet18, X)
+    pruned = prune(resnet18, X, "channel", {layer: 0.25 for g in groups for layer in g.out_layers})
+    modules = dict(pruned.named_modules())
+    for g in groups:
+        assert modules[g.name].out_channels == int(g.channels * 0.75), g.name
+
+
+def test_channel_prunes_parts_of_a_model_torch_pruning_cannot_trace_whole(caplog: pytest.LogCaptureFixture) -> None:
+    model = torchvision.models.shufflenet_v2_x0_5(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    groups = prunable_groups(model, x)
+    assert any("stage2.1.branch2.0" in g.out_layers for g in groups)
+    with caplog.at_level(logging.WARNING, logger="pruners"):
+        pruned = prune(model, x, "channel", 0.5)
+    assert "pruning its parts separately" in caplog.text
+    assert pruned.stage2[1].branch2[0].out_channels == model.stage2[1].branch2[0].out_channels // 2
+    assert pruned.stage2[1].branch2[5].out_channels == model.stage2[1].branch2[5].out_channels
+    assert pruned(x).shape == (1, 1000)
+
+
+def test_index_budget_stops_runaway_mappings() -> None:
+    model = torchvision.models.alexnet(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=x, forward_fn=forward, verbose=False)
+    bound_index_mappings(graph, budget=1000)
+    with pytest.raises(IndexExplosion):
+        groups_of(graph, ["classifier.6"])
+
+
 def test_layer_removes_requested_blocks(resnet18: nn.Module) -> None:
     pruned = prune(resnet18, X, "layer", 0.5)
     removed = [n for n, m in pruned.named_modules() if isinstance(m, nn.Identity)]
-    assert len(removed) == 2  # resnet18 has 4 blocks without downsample
+    assert len(removed) == 3  # half of resnet18's 5 blocks without downsample, rounded up
     assert pruned(X).shape == (4, 1000)
     three = prune(tiny(), X, "layer", 0.0, blocks=3, criterion="activation")
     assert all(isinstance(b, nn.Identity) for b in three.blocks)
@@ -295,3 +330,19 @@ def test_layer_removes_requested_blocks(resnet18: nn.Module) -> None:
 def test_bad_input_names_the_offender(kwargs: dict, named: str) -> None:
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         prune(tiny(), X, **kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    ("method", "criterion"),
+    [("magnitude", "l1"), ("global_magnitude", "l1"), ("nm", "l1"), ("layer", "activation"),
+     ("channel", "l1"), ("channel", "taylor"), ("channel", "activation")],
+)
+def test_prunes_a_cuda_model(method: str, criterion: str) -> None:
+    model = torchvision.models.resnet18(weights=None).eval().cuda()
+    x = X.cuda()
+    options = {"calibration": (x, torch.arange(4, device="cuda"))} if criterion != "l1" else {}
+    pruned = prune(model, x, method, 0.5, criterion=criterion, **options)
+    assert all(p.is_cuda for p in pruned.parameters())
+    assert pruned(x).shape == (4, 1000)
+    assert bake(pruned)(x).shape == (4, 1000)
