@@ -10,6 +10,7 @@ absolute times on a shared machine drift). Weights are untrained: latency does n
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 
@@ -22,11 +23,13 @@ from search.workloads.models import resnet20
 
 VARIANTS: dict[str, dict] = {
     "dense": {},
+    "dense-copy": {},  # a second dense model: its ratio shows the noise floor of the measurement
     "magnitude-50%": {"method": "magnitude", "sparsity": 0.5},
     "magnitude-75%": {"method": "magnitude", "sparsity": 0.75},
     "nm-2:4": {"method": "nm", "sparsity": 0.5, "n": 2, "m": 4},
     "channel-30%": {"method": "channel", "sparsity": 0.3},
     "channel-50%": {"method": "channel", "sparsity": 0.5},
+    "channel-50%-round8": {"method": "channel", "sparsity": 0.5, "round_to": 8},
 }
 
 
@@ -35,7 +38,8 @@ def build_variants(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, 
 
     Baking matters: live torch.nn.utils.prune hooks add a weight * mask product to every forward.
     """
-    return {name: bake(prune(model, example_inputs, **spec)) if spec else model for name, spec in VARIANTS.items()}
+    return {name: bake(prune(model, example_inputs, **spec)) if spec else copy.deepcopy(model) if name != "dense" else model
+            for name, spec in VARIANTS.items()}
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from spaces.policy import Policy
 MAX_SPARSITY = 0.9
 PER_GROUP_METHODS = ("magnitude", "channel")
 SCALAR_METHODS = ("global_magnitude", "layer")
-CHANNEL_CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "taylor")
+CHANNEL_CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "taylor", "activation")
 ROUND_TO = (1, 4, 8)
 RANKINGS = ("per_group", "global")  # global: Torch-Pruning ranks all groups together and the level is the overall ratio
 NM_PATTERNS = ("2:4", "1:4", "2:8", "1:8")
