@@ -19,7 +19,7 @@ from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from search.backends.ray_latency import time_on_target
-from search.backends.ray_search import StudySearch
+from search.backends.ray_search import RELAUNCHES, StudySearch
 from search.backends.ray_trial import RunFolderWriter, TrialSetup, run_trial, trial_dirname
 from search.config import ConfigError, RunConfig
 from search.study import finished_count
@@ -44,9 +44,8 @@ def run_ray(study: optuna.Study, ctx: TrialContext) -> None:
         log.info("ray: %d trial(s) at up to %d at a time, %g CPU and %g GPU each, on %d node(s)", remaining, workers,
                  config.cpus_per_trial, config.gpus_per_trial, len([n for n in ray.nodes() if n["Alive"]]))
         experiment = f"tune-{_dt.datetime.now():%Y%m%d-%H%M%S}"
-        search = StudySearch(study, ctx.space, trials=config.trials, budget=config.budget, epsilon=config.epsilon,
-                             timeout=config.timeout, retries=RETRIES, tune_dir=f"ray/{experiment}")
-        _tuner(ctx, search, experiment, remaining, workers).fit()
+        search = StudySearch(study, ctx, retries=RETRIES, tune_dir=f"ray/{experiment}")
+        _tuner(ctx, search, experiment, remaining * (1 + RELAUNCHES), workers).fit()
     finally:
         if search is not None and search.interrupt_unfinished():
             log.warning("stopped: unfinished trials are queued again; rerun the same command to resume")
@@ -84,8 +83,9 @@ def _fitting_trials(config: RunConfig) -> int:
     return max(1, math.floor(fits))
 
 
-def _tuner(ctx: TrialContext, search: StudySearch, experiment: str, trials: int, workers: int) -> tune.Tuner:
-    """The Tuner: OptunaSearch-driven samples, one resource bundle per trial, retries, quiet, files under <run>/ray."""
+def _tuner(ctx: TrialContext, search: StudySearch, experiment: str, samples: int, workers: int) -> tune.Tuner:
+    """The Tuner: at most `samples` trials (the searcher ends it sooner), one resource bundle per trial, retries,
+    quiet, files under <run>/ray."""
     config = ctx.config
     writer = RunFolderWriter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=False)).remote(str(ctx.run_dir.resolve()))
@@ -94,7 +94,7 @@ def _tuner(ctx: TrialContext, search: StudySearch, experiment: str, trials: int,
                                     {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=search, num_samples=trials, max_concurrent_trials=workers,
+        tune_config=tune.TuneConfig(search_alg=search, num_samples=samples, max_concurrent_trials=workers,
                                     reuse_actors=True, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=experiment, storage_path=str((ctx.run_dir / "ray").resolve()),
                                   failure_config=tune.FailureConfig(max_failures=RETRIES), verbose=0),

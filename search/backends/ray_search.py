@@ -1,8 +1,13 @@
 """OptunaSearch over the run's own study: Tune asks it for points and it records each result as the optuna backend does.
 
 Ray's OptunaSearch already asks and tells a study in any Optuna storage, define-by-run; this subclass adds what the
-study must hold besides the objectives: labels, user attributes, constraints, failures with their reason, trials
-interrupted before they finished (failed, and their point queued again), and `--timeout` (no new trials after it).
+study must hold besides the objectives: labels, user attributes, constraints, candidates stopped by screening
+(pruned, with what they knew), failures with their reason, trials interrupted before they finished (failed, and
+their point queued again), and `--timeout` (no new trials after it).
+
+Like the optuna backend's loop, the searcher decides when the study has its `--trials`: Tune's sample count is only a
+bound. So a trial that Tune gives up on after a lost worker (its retries can all fail before Ray has declared the
+node dead) is queued again and runs again in this run, up to RELAUNCHES times per point.
 """
 from __future__ import annotations
 
@@ -15,59 +20,73 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.backends.optuna_backend import best_so_far, record
-from search.backends.ray_trial import ATTRS_KEY, FAILURE_KEY, META_KEY, OBJECTIVES
+from search.backends.optuna_backend import best_so_far, record, screen_below
+from search.backends.ray_trial import ATTRS_KEY, FAILURE_KEY, META_KEY, OBJECTIVES, SCREENED_KEY
 from search.study import INTERRUPTED, finished_count
-from spaces import SearchSpace
+from search.trial import TrialContext
 
 log = logging.getLogger(__name__)
+RELAUNCHES = 2  # times one point is queued again after Tune gave up on it for a Ray error
 
 
 class StudySearch(OptunaSearch):
     """Tune searcher whose every trial is a trial of `study`, recorded with its attributes and constraints."""
 
-    def __init__(self, study: optuna.Study, space: SearchSpace, *, trials: int, budget: float, epsilon: float,
-                 timeout: float | None, retries: int, tune_dir: str) -> None:
-        self._search_space = space
-        self._target, self._budget, self._epsilon = trials, budget, epsilon
-        self._retries, self._tune_dir = retries, tune_dir
+    def __init__(self, study: optuna.Study, ctx: TrialContext, *, retries: int, tune_dir: str) -> None:
+        self._ctx, self._retries, self._tune_dir = ctx, retries, tune_dir
+        self._lost: dict[str, int] = {}  # Ray errors per point (its parameters as JSON)
+        timeout = ctx.config.timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
         super().__init__(space=self._define, metric=list(OBJECTIVES), mode=["min", "min"], sampler=study.sampler,
                          study_name=study.study_name, storage=study._storage)  # noqa: SLF001 - share the run's storage
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Tune pickles the searcher into its tuner.pkl: the trial context (the workload's model and data) stays out."""
+        return {key: value for key, value in self.__dict__.items() if key != "_ctx"}
+
     def _define(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Define-by-run: the space's point, plus the study trial's number and label for the trainable."""
+        """Define-by-run: the space's point, plus what the trainable needs from the study: number, label, screening."""
         label = trial.user_attrs.get("label", "search")
         trial.set_user_attr("label", label)
-        return {**self._search_space.suggest(trial), META_KEY: {"number": trial.number, "label": label}}
+        meta = {"number": trial.number, "label": label, "stop_below": screen_below(self._ot_study, self._ctx)}
+        return {**self._ctx.space.suggest(trial), META_KEY: meta}
 
     def suggest(self, trial_id: str) -> dict | None:
-        """A new point, or FINISHED once `--timeout` has passed (running trials still finish)."""
+        """A new point; None while the running trials would complete `--trials`; FINISHED once they have, or once
+        `--timeout` has passed (running trials still finish)."""
+        done = finished_count(self._ot_study)
         if self._deadline is not None and time.monotonic() > self._deadline:
-            log.warning("--timeout reached after %d trials; rerun with the same --out to continue",
-                        finished_count(self._ot_study))
+            log.warning("--timeout reached after %d trials; rerun with the same --out to continue", done)
             return Searcher.FINISHED
+        if done >= self._ctx.config.trials:
+            return Searcher.FINISHED
+        if done + len(self._ot_trials) - len(self._completed_trials) >= self._ctx.config.trials:
+            return None
         return super().suggest(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        """Record the result on the study trial, then tell it (complete, or failed with the reason)."""
+        """Record the result on the study trial, then tell it (complete, pruned, or failed with the reason)."""
         if trial_id in self._completed_trials:
             return
         trial = self._ot_trials[trial_id]
+        config = self._ctx.config
         if error:
-            self._fail(trial_id, f"Ray trial error (worker or node lost, or a Ray task failed) after {self._retries} "
-                                 f"retries; see {self._tune_dir}/trial-{trial.number:05d}/error.txt in the run folder")
-        elif not result or (ATTRS_KEY not in result and FAILURE_KEY not in result):
+            self._lost_worker(trial_id)
+        elif not result or not {ATTRS_KEY, SCREENED_KEY, FAILURE_KEY} & set(result):
             self.interrupt(trial_id)
         elif FAILURE_KEY in result:
             log.debug("trial %d: %s", trial.number, result.get("traceback", ""))
             self._fail(trial_id, result[FAILURE_KEY])
+        elif SCREENED_KEY in result:
+            for key, value in json.loads(result[SCREENED_KEY]).items():
+                trial.set_user_attr(key, value)
+            super().on_trial_complete(trial_id, None)  # no objective values and no error: Optuna's PRUNED
         else:
-            record(trial, json.loads(result[ATTRS_KEY]), self._budget, self._epsilon)
+            record(trial, json.loads(result[ATTRS_KEY]), config.budget, config.epsilon)
             super().on_trial_complete(trial_id, {key: result[key] for key in OBJECTIVES})
         study = self._ot_study
-        log.info("trial %d done, %d of %d finished; best: %s", trial.number, finished_count(study), self._target,
-                 best_so_far(study, self._budget, self._epsilon))
+        log.info("trial %d done, %d of %d finished; best: %s", trial.number, finished_count(study), config.trials,
+                 best_so_far(study, config.budget, config.epsilon))
 
     def interrupt(self, trial_id: str) -> None:
         """Mark a trial stopped before it finished as interrupted and queue its point again (resume re-runs it)."""
@@ -86,6 +105,19 @@ class StudySearch(OptunaSearch):
 
     def save(self, checkpoint_path: str) -> None:
         """Nothing to save: a run resumes from the Optuna study in the run folder, not from Tune's checkpoint."""
+
+    def _lost_worker(self, trial_id: str) -> None:
+        """Tune gave up on a trial for Ray errors: queue its point again, or fail it once it was lost too often."""
+        trial = self._ot_trials[trial_id]
+        point = json.dumps(trial.params, sort_keys=True)
+        self._lost[point] = self._lost.get(point, 0) + 1
+        errors = f"{self._tune_dir}/trial-{trial.number:05d}/error.txt in the run folder"
+        if self._lost[point] > RELAUNCHES:
+            self._fail(trial_id, f"Ray trial error (worker or node lost, or a Ray task failed) {self._lost[point]} "
+                                 f"times, each after {self._retries} retries; see {errors}")
+            return
+        log.warning("trial %d: Ray gave up on it (see %s); its point runs again", trial.number, errors)
+        self.interrupt(trial_id)
 
     def _fail(self, trial_id: str, reason: str) -> None:
         trial = self._ot_trials[trial_id]

@@ -22,12 +22,14 @@ from ray.actor import ActorHandle
 from ray.tune.experiment import Trial
 
 from search.backends.ray_latency import target_latency_attrs
+from search.recover import ScreenedOut
 from search.trial import TrialContext, evaluate_point
 
 OBJECTIVES = ("cost_ratio", "accuracy_loss")
 ATTRS_KEY = "attrs"  # result key: the trial's user attributes as one JSON string (Tune flattens nested dicts)
+SCREENED_KEY = "screened"  # result key: what a candidate stopped by screening knew, as JSON (Optuna: pruned)
 FAILURE_KEY = "failure"  # result key: why the trial failed on its own (not retried)
-META_KEY = "study_trial"  # config key: the Optuna trial's number and label
+META_KEY = "study_trial"  # config key: the Optuna trial's number, label and screening threshold
 
 
 @ray.remote(num_cpus=0)
@@ -64,15 +66,16 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
     """Tune function trainable: one trial, reported once with the objectives and the attributes (or the failure)."""
     params = {key: value for key, value in config.items() if key != META_KEY}
     torch.set_num_threads(setup.threads)
-    tune.report(_outcome(setup, params, config[META_KEY]["number"], config[META_KEY]["label"]))
+    tune.report(_outcome(setup, params, config[META_KEY]))
 
 
-def _outcome(setup: TrialSetup, params: dict[str, Any], number: int, label: str) -> dict[str, Any]:
+def _outcome(setup: TrialSetup, params: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """The result to report. Ray errors (a lost node, a dead task) propagate, so that Tune retries the trial."""
     ctx = setup.ctx
     with tempfile.TemporaryDirectory(prefix="prune-search-trial-") as scratch:
         try:
-            attrs = evaluate_point(replace(ctx, run_dir=Path(scratch)), params, number, label)
+            attrs = evaluate_point(replace(ctx, run_dir=Path(scratch)), params, meta["number"], meta["label"],
+                                   stop_below=meta["stop_below"])
             saved = Path(scratch) / attrs["model_path"]
             if ctx.config.latency_on:
                 pruned = torch.load(saved, map_location="cpu", weights_only=False)
@@ -81,6 +84,8 @@ def _outcome(setup: TrialSetup, params: dict[str, Any], number: int, label: str)
             if not all(math.isfinite(v) for v in values):
                 raise FloatingPointError(f"objective values {values} are not finite")
             ray.get(setup.writer.write.remote(attrs["model_path"], saved.read_bytes()))
+        except ScreenedOut as stop:
+            return {**dict.fromkeys(OBJECTIVES, math.nan), SCREENED_KEY: json.dumps(stop.attrs)}
         except ray.exceptions.RayError:
             raise
         except Exception as error:  # noqa: BLE001 - a trial's own failure is recorded, never retried
