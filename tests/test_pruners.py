@@ -55,15 +55,6 @@ class TinyResNet(nn.Module):
         return self.fc(self.head(self.blocks(self.stem(x))))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads oversubscribe and run far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny() -> nn.Module:
     torch.manual_seed(0)
     return TinyResNet().eval()

@@ -49,15 +49,6 @@ def cases() -> list:
     return params
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads oversubscribe and run far slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def smallest_input(model: nn.Module) -> torch.Tensor:
     """The smallest square input among SIZES that the dense model accepts (ViT needs 224, Inception 75+)."""
     for size in SIZES:
