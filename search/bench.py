@@ -16,7 +16,6 @@ import logging
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from scipy.stats import spearmanr

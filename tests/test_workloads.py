@@ -26,6 +26,7 @@ def test_digits_splits_are_disjoint_and_dense_model_is_cached(digits: Workload, 
 def test_fashion_mnist_reads_the_debian_package(tmp_path: Path) -> None:
     splits = load_fashion_mnist(None, tmp_path)
     (train_x, train_y), (test_x, test_y) = splits["train"], splits["test"]
+    assert len(test_y) == 10000
     assert train_x.shape == (60000, 1, 28, 28) and test_x.shape == (10000, 1, 28, 28)
     assert sorted(train_y.unique().tolist()) == list(range(10))
     assert abs(train_x.mean().item()) < 0.05 and abs(train_x.std().item() - 1) < 0.05  # normalised
