@@ -30,16 +30,22 @@ def forward(model: nn.Module, example_inputs: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no gradients for a look at the model's forward; every module's mode restored after."""
+def eval_mode_restored(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode for the block; every module's own training flag restored after (model.train() would not)."""
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
-        with torch.no_grad():
-            yield model
+        yield model
     finally:
         for m, training in modes.items():
             m.training = training
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no gradients for a look at the model's forward; every module's mode restored after."""
+    with eval_mode_restored(model), torch.no_grad():
+        yield model
 
 
 def observe(model: nn.Module, inputs: torch.Tensor, hooks: dict[nn.Module, Callable[..., None]],
@@ -65,17 +71,13 @@ def traceable(model: nn.Module) -> Iterator[nn.Module]:
 
     torch-pruning traces through autograd, and calls model.eval() without restoring the mode.
     """
-    modes = {m: m.training for m in model.modules()}
     grads = {p: p.requires_grad for p in model.parameters()}
-    model.eval()
     for p in grads:
         p.requires_grad_(True)
     try:
-        with torch.enable_grad():
+        with eval_mode_restored(model), torch.enable_grad():
             yield model
     finally:
-        for m, training in modes.items():
-            m.training = training
         for p, flag in grads.items():
             p.requires_grad_(flag)
 
