@@ -62,7 +62,8 @@ class _Plan:
         """A pruned copy of `module` (or `module` itself when nothing in it is to be pruned); raises on failure."""
         graph = build_graph(module, inputs)
         protected = protected_layers(module, inputs, graph, whole_model)
-        ratio, ratio_dict = self._ratios(groups_of(graph, protected), protected, name)
+        groups = groups_of(graph, protected)
+        ratio, ratio_dict = self._ratios(groups, protected, name)
         if ratio == 0 and not ratio_dict:
             return module
         with traceable(module), torch.no_grad():
@@ -74,6 +75,7 @@ class _Plan:
                 work, inputs, importance=self.importance, global_pruning=self.global_pruning,
                 pruning_ratio=ratio, pruning_ratio_dict={modules[n]: r for n, r in ratio_dict.items()},
                 ignored_layers=[modules[n] for n in protected], round_to=self.round_to,
+                max_pruning_ratio=min((self._capped(1.0, g.channels) for g in groups), default=1.0),
                 root_module_types=ROOT_TYPES, forward_fn=forward,
             )
             pruner.step()
@@ -90,7 +92,7 @@ class _Plan:
                 prefix: str) -> tuple[float, dict[str, float]]:
         """torch-pruning's pruning_ratio and a per-group dict of ratios (keyed by group name) for this part."""
         if not isinstance(self.sparsity, dict):
-            return self.sparsity, {}
+            return min((self._capped(self.sparsity, g.channels) for g in groups), default=self.sparsity), {}
         local = {k[len(prefix) + 1:] if prefix else k: r for k, r in self.sparsity.items()
                  if not prefix or k.startswith(prefix + ".")}
         group_of = {layer: g for g in groups for layer in g.out_layers}
@@ -102,7 +104,14 @@ class _Plan:
             elif ratio > 0:
                 where = "an output layer" if key in protected else "in no prunable group"
                 log.warning("channel: sparsity key %r is %s here; skipped", f"{prefix}.{key}" if prefix else key, where)
-        return 0.0, {g: r for g, r in per_group.items() if r > 0}
+        channels = {g.name: g.channels for g in groups}
+        return 0.0, {g: self._capped(r, channels[g]) for g, r in per_group.items() if r > 0}
+
+    def _capped(self, ratio: float, channels: int) -> float:
+        """`ratio`, lowered so that at least `round_to` channels stay: Torch-Pruning rounds the kept width down
+        to a multiple of round_to and leaves a group whole when that reaches zero, so more pruning would prune less."""
+        step = self.round_to or 1
+        return min(ratio, max(0.0, (channels - step) / channels - 1e-6))
 
 
 def _copy_with_grads(module: nn.Module) -> nn.Module:

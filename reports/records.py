@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -50,6 +50,7 @@ class TrialRecord:
     accuracy_loss: float | None = None
     test_accuracy: float | None = None
     accuracy_before_finetune: float | None = None
+    accuracy_after_finetune: float | None = None
     flops: int | None = None
     params: int | None = None
     size_bytes: int | None = None
@@ -64,6 +65,8 @@ class TrialRecord:
     stopped_reason: str | None = None
     seconds: float | None = None
     screen_seconds: float | None = None
+    search_accuracy: float | None = None  # validation accuracy at search time, when a final fine-tune replaced it
+    final_epochs: float | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -111,6 +114,10 @@ def _policy(value: Any) -> dict[str, Any] | None:
 
 
 TEST_ACCURACY_ATTR = "test_accuracy"  # study attr {trial number: accuracy}: finished trials cannot take new attrs
+FINAL_ATTR = "final"  # study attr {trial number: metrics after the final fine-tune (search --final-epochs)}
+FINAL_FIELDS = ("accuracy", "accuracy_loss", "test_accuracy", "flops", "params", "size_bytes", "latency_ms",
+                "latency_p90_ms", "dense_latency_ms", "flops_ratio", "params_ratio", "latency_ratio", "cost_ratio",
+                "model_path")
 
 
 def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = None) -> TrialRecord:
@@ -136,6 +143,7 @@ def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = 
         ),
         test_accuracy=_float((test_accuracies or {}).get(str(trial.number), attrs.get("test_accuracy"))),
         accuracy_before_finetune=_float(attrs.get("accuracy_before_finetune")),
+        accuracy_after_finetune=_float(attrs.get("accuracy_after_finetune")),
         flops=_int(attrs.get("flops")),
         params=_int(attrs.get("params")),
         size_bytes=_int(attrs.get("size_bytes")),
@@ -151,6 +159,21 @@ def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = 
         seconds=_float(attrs.get("seconds")),
         screen_seconds=_float(attrs.get("screen_seconds")),
     )
+
+
+def with_final(record: TrialRecord, final: dict[str, Any] | None) -> TrialRecord:
+    """The record as the final fine-tune left it: its metrics and model replace the search-time ones."""
+    if not final:
+        return record
+    merged = trial_record_fields(final)
+    return replace(record, **{k: v for k, v in merged.items() if v is not None},
+                   search_accuracy=record.accuracy, final_epochs=_float(final.get("epochs")))
+
+
+def trial_record_fields(attrs: dict[str, Any]) -> dict[str, Any]:
+    """The FINAL_FIELDS of an attrs dict, typed as TrialRecord holds them."""
+    kinds = {"flops": _int, "params": _int, "size_bytes": _int, "model_path": _str}
+    return {name: kinds.get(name, _float)(attrs.get(name)) for name in FINAL_FIELDS}
 
 
 def run_info(attrs: dict[str, Any]) -> RunInfo:
@@ -171,12 +194,16 @@ def run_info(attrs: dict[str, Any]) -> RunInfo:
     )
 
 
-def load_records(storage: str, study_name: str = "search") -> StudyRecords:
-    """Load the study from `storage` (an Optuna storage URL) and flatten it; ReportError if absent."""
+def load_records(storage: str, study_name: str = "search", final: bool = True) -> StudyRecords:
+    """Load the study from `storage` (an Optuna storage URL) and flatten it; ReportError if absent.
+
+    With `final`, trials that had the final fine-tune carry its metrics (else their search-time ones).
+    """
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError as error:
         raise ReportError(f"no study named {study_name!r} in {storage}") from error
     tested = study.user_attrs.get(TEST_ACCURACY_ATTR) or {}
-    trials = [trial_record(t, tested) for t in study.get_trials(deepcopy=False)]
+    finals = (study.user_attrs.get(FINAL_ATTR) or {}) if final else {}
+    trials = [with_final(trial_record(t, tested), finals.get(str(t.number))) for t in study.get_trials(deepcopy=False)]
     return StudyRecords(info=run_info(study.user_attrs), trials=trials)

@@ -32,6 +32,8 @@ def model_entry(record: TrialRecord) -> dict[str, Any]:
         "size_bytes": record.size_bytes,
         "latency_p90_ms": record.latency_p90_ms,
         "dense_latency_ms": record.dense_latency_ms,
+        "search_accuracy": record.search_accuracy,
+        "final_epochs": record.final_epochs,
     }
 
 

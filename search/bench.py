@@ -5,8 +5,10 @@ Arms at each budget, one dense model, the same final fine-tune for every final m
 - search_all: TPE over every method (masked ones included), reported beside it;
 - random_search: random sampling over the same space as `search`, the same number of trials;
 - uniform_l1, tp_global, uniform_magnitude: the hand-picked baselines (the studies' warm-start trials).
-An arm's final model is its most accurate trial within the budget (by validation accuracy), re-pruned from its
-policy and fine-tuned for --final-epochs. Writes DIR/bench.json and DIR/bench.md.
+A search arm's final model comes from the product's own final stage (search --final-epochs): its --finalists most
+accurate Pareto models within the budget are re-pruned and fine-tuned for --final-epochs, and the most accurate of
+them by validation accuracy is its pick. A baseline is its warm-start trial, re-pruned and fine-tuned the same way.
+Writes DIR/bench.json and DIR/bench.md.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import torch
 from scipy.stats import spearmanr
 
 from reports import TrialRecord, load_records
@@ -40,6 +43,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
     parser = argparse.ArgumentParser(prog="python -m search.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--budgets", default="0.25,0.5,0.75", help="comma-separated budgets (cost ratios)")
     parser.add_argument("--final-epochs", type=float, default=1.0, help="fine-tuning of every final model, in epochs")
+    parser.add_argument("--finalists", type=int, default=2,
+                        help="models per search arm given the final fine-tune (its most accurate within the budget)")
     args, rest = parser.parse_known_args(argv)
     try:
         budgets = [float(b) for b in args.budgets.split(",")]
@@ -47,8 +52,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
         raise ConfigError(f"--budgets {args.budgets!r} is not a comma-separated list of numbers") from None
     if not budgets or any(not 0 < b <= 1 for b in budgets):
         raise ConfigError(f"--budgets {args.budgets}: every budget must be in (0, 1]")
-    if not args.final_epochs >= 0:
-        raise ConfigError(f"--final-epochs {args.final_epochs} must be 0 or more")
+    if not args.final_epochs > 0:
+        raise ConfigError(f"--final-epochs {args.final_epochs} must be above 0: every final model is fine-tuned")
+    if args.finalists < 1:
+        raise ConfigError(f"--finalists {args.finalists} must be 1 or more")
     args.budgets = budgets
     return args, parse_config(rest)
 
@@ -66,47 +73,57 @@ def run_bench(args: argparse.Namespace, base: RunConfig) -> dict[str, Any]:
                               device=base.device)
     dense = measure_dense(workload, device=base.device, threads=base.threads, batch_size=base.batch_size)
     results: dict[str, dict[str, Any]] = {}
-    all_trials: list[TrialRecord] = []
+    searched: list[TrialRecord] = []
     for budget in args.budgets:
         row: dict[str, Any] = {}
-        chosen: dict[str, tuple[TrialRecord | None, float]] = {}
         for arm, (methods, sampler) in SEARCH_ARMS.items():
-            config = replace(base, budget=budget, methods=methods, sampler=sampler, out=base.out / f"budget-{budget:g}" / arm)
+            config = replace(base, budget=budget, methods=methods, sampler=sampler, final_epochs=args.final_epochs,
+                             out=base.out / f"budget-{budget:g}" / arm)
             started = time.perf_counter()
             study, ctx = prepare(config, workload, dense)
             run_backend(study, ctx)
-            finish(study, ctx, show=False)
+            finish(study, ctx, show=False, finalists=args.finalists)
             trials = load_records(storage_url(config.out)).trials
-            all_trials += trials
-            chosen[arm] = (most_accurate_within(trials, budget), time.perf_counter() - started)
+            searched += load_records(storage_url(config.out), final=False).trials
+            finalized = [t for t in trials if t.final_epochs is not None]
+            row[arm] = _record_row(most_accurate_within(finalized, budget), time.perf_counter() - started)
             if arm == "search_all":
                 for name in BASELINES:
-                    pick = most_accurate_within(trials, 1.0, f"baseline:{name}")
-                    chosen[name] = (pick, pick.seconds if pick and pick.seconds else 0.0)
-        for arm, (pick, seconds) in chosen.items():
-            row[arm] = _final_row(pick, seconds, workload, dense, args, base)
-            log.info("budget %g %-17s %s", budget, arm, row[arm])
+                    row[name] = _baseline_row(most_accurate_within(trials, 1.0, f"baseline:{name}"), workload, dense,
+                                              config)
+        for arm, result in row.items():
+            log.info("budget %g %-17s %s", budget, arm, result)
         results[f"{budget:g}"] = row
     return {"workload": base.workload, "trials": base.trials, "finetune_epochs": base.finetune_epochs,
-            "final_epochs": args.final_epochs, "dense": dense.to_json(), "budgets": results,
-            "screening": _screening(all_trials)}
+            "final_epochs": args.final_epochs, "finalists": args.finalists, "dense": dense.to_json(),
+            "budgets": results, "screening": _screening(searched)}
 
 
-def _final_row(pick: TrialRecord | None, search_seconds: float, workload, dense, args, base: RunConfig) -> dict | None:  # noqa: ANN001
+def _record_row(pick: TrialRecord | None, seconds: float) -> dict | None:
+    """A search arm's result: its pick after the final fine-tune, and the wall time of the whole arm."""
+    if pick is None:
+        return None
+    return {"accuracy": pick.accuracy, "test_accuracy": pick.test_accuracy, "flops_ratio": pick.flops_ratio,
+            "latency_ratio": pick.latency_ratio, "seconds": seconds, "trial": pick.number, "method": pick.method}
+
+
+def _baseline_row(pick: TrialRecord | None, workload, dense, config: RunConfig) -> dict | None:  # noqa: ANN001
+    """A baseline's warm-start trial, re-pruned and given the same final fine-tune as the search arms' finalists."""
     if pick is None or pick.policy is None:
         return None
     started = time.perf_counter()
-    final = final_finetune(workload, dense, Policy.from_json(pick.policy), epochs=args.final_epochs,
-                           device=base.device, threads=base.threads, batch_size=base.batch_size)
+    torch.manual_seed(config.seed + pick.number)
+    final = final_finetune(workload, dense, Policy.from_json(pick.policy), epochs=config.final_epochs,
+                           device=config.device, threads=config.threads, batch_size=config.batch_size)
     return {"accuracy": final.accuracy, "test_accuracy": final.test_accuracy, "flops_ratio": final.flops_ratio,
-            "latency_ratio": final.latency_ratio, "seconds": search_seconds + time.perf_counter() - started,
+            "latency_ratio": final.latency_ratio, "seconds": (pick.seconds or 0.0) + time.perf_counter() - started,
             "trial": pick.number, "method": pick.method}
 
 
 def _screening(trials: list[TrialRecord]) -> dict[str, float | None]:
     """How well the screened (BN-recalibrated) accuracy ranks the fine-tuned one, and what a screen costs."""
     pairs = [(t.accuracy_before_finetune, t.accuracy) for t in trials
-             if t.is_complete and t.accuracy_before_finetune is not None and t.accuracy is not None]
+             if t.is_complete and t.accuracy_before_finetune is not None and t.accuracy_after_finetune is not None]
     seconds = [t.screen_seconds for t in trials if t.screen_seconds is not None]
     rho = float(spearmanr(*zip(*pairs)).statistic) if len(pairs) >= 3 else None
     return {"spearman": rho, "pairs": len(pairs),
@@ -117,7 +134,8 @@ def bench_markdown(bench: dict[str, Any]) -> str:
     """bench.md: one table per budget, test accuracy, FLOPs and latency ratios side by side, and the wall time paid."""
     lines = [f"# Benchmark: {bench['workload']}", "",
              f"{bench['trials']} trials per search, {bench['finetune_epochs']} fine-tune epochs per trial, "
-             f"{bench['final_epochs']} final epochs for every final model. Dense: validation "
+             f"{bench['final_epochs']} final epochs for every final model ({bench['finalists']} finalists per search "
+             "arm, its most accurate within the budget). Dense: validation "
              f"{100 * bench['dense']['accuracy']:.2f}%, test {100 * bench['dense']['test_accuracy']:.2f}%.", ""]
     for budget, row in bench["budgets"].items():
         lines += [f"## Budget {budget}", "", "| arm | method | val acc | test acc | FLOPs ratio | latency ratio | seconds |",

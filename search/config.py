@@ -32,6 +32,7 @@ class RunConfig:
     trials: int = 24
     timeout: float | None = None
     finetune_epochs: float = 0.15
+    final_epochs: float = 0.0  # after the search: longer fine-tune of the Pareto models within budget; 0 = none
     sampler: str = "tpe"
     backend: str = "optuna"
     address: str | None = None
@@ -107,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop starting new trials after this many seconds")
     parser.add_argument("--finetune-epochs", type=_fraction("--finetune-epochs", 0, 1000, False, True),
                         default=RunConfig.finetune_epochs, help="fine-tuning per trial, in epochs (fractions allowed)")
+    parser.add_argument("--final-epochs", type=_fraction("--final-epochs", 0, 1000, False, True),
+                        default=RunConfig.final_epochs,
+                        help="after the search, re-prune every Pareto model within budget and fine-tune it this many "
+                             "epochs; the pick is made on these (default 0: no final fine-tune)")
     parser.add_argument("--sampler", choices=SAMPLERS, default=RunConfig.sampler)
     parser.add_argument("--backend", choices=BACKENDS, default=RunConfig.backend)
     parser.add_argument("--address", default=None, help="Ray cluster address for --backend ray")
@@ -156,7 +161,8 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
     workload_slug = args.workload.replace(":", "-").replace(".", "-")
     return RunConfig(
         workload=args.workload, budget=args.budget, epsilon=args.epsilon, cost=args.cost, methods=methods,
-        trials=args.trials, timeout=args.timeout, finetune_epochs=args.finetune_epochs, sampler=args.sampler,
+        trials=args.trials, timeout=args.timeout, finetune_epochs=args.finetune_epochs,
+        final_epochs=args.final_epochs, sampler=args.sampler,
         backend=args.backend, address=args.address, workers=args.workers,
         cpus_per_trial=args.cpus_per_trial or RunConfig.cpus_per_trial, gpus_per_trial=gpus, latency_on=args.latency_on,
         device=args.device, seed=args.seed,

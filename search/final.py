@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
 
 from pruners import bake, prune
-from search.measure import compare_latency, count_flops
 from search.recover import recover
-from search.reference import DenseReference
+from search.reference import DenseReference, measure_against_dense
 from search.training import evaluate
 from search.workloads import Workload
 from spaces import Policy
@@ -14,14 +16,22 @@ from spaces import Policy
 CALIBRATED_CRITERIA = ("taylor", "activation")
 
 
-@dataclass(frozen=True)
-class FinalResult:
-    """Validation and test accuracy after the final fine-tune, with the FLOPs and latency ratios to dense."""
+@dataclass
+class FinalModel:
+    """A model after the final fine-tune: validation and test accuracy, and its costs measured against dense."""
 
+    model: nn.Module
     accuracy: float
     test_accuracy: float
-    flops_ratio: float
-    latency_ratio: float
+    measured: dict[str, Any]  # search.reference.measure_against_dense
+
+    @property
+    def flops_ratio(self) -> float:
+        return float(self.measured["flops_ratio"])
+
+    @property
+    def latency_ratio(self) -> float:
+        return float(self.measured["latency_ratio"])
 
 
 def calibration_options(workload: Workload, criterion: str) -> dict:
@@ -30,13 +40,11 @@ def calibration_options(workload: Workload, criterion: str) -> dict:
 
 
 def final_finetune(workload: Workload, dense: DenseReference, policy: Policy, *, epochs: float, device: str = "cpu",
-                   threads: int | None = None, batch_size: int = 1) -> FinalResult:
+                   threads: int | None = None, batch_size: int = 1) -> FinalModel:
     """Prune the dense model by `policy`, recover it for `epochs`, and measure it against dense."""
     model = prune(workload.model, workload.example_inputs, **policy.prune_kwargs(),
                   **calibration_options(workload, policy.criterion))
     recovery = recover(model, workload, epochs=epochs, lr=policy.finetune_lr, device=device)
     model = bake(model.cpu().eval())
-    timing = compare_latency({"dense": workload.model, "pruned": model}, workload.example_inputs, reference="dense",
-                             device=device, threads=threads, batch_size=batch_size)
-    return FinalResult(recovery.accuracy, evaluate(model, workload.test, device),
-                       count_flops(model, workload.example_inputs) / dense.flops, timing["pruned"]["ratio"])
+    measured = measure_against_dense(model, workload, dense, device=device, threads=threads, batch_size=batch_size)
+    return FinalModel(model, recovery.accuracy, evaluate(model, workload.test, device), measured)

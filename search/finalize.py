@@ -1,17 +1,66 @@
-"""After the search: the Pareto models are evaluated once on the test split (search decisions never saw it)."""
+"""After the search: the final fine-tune of the Pareto models within budget (--final-epochs), then the test split.
+
+Multi-fidelity: the search ranks candidates by a short fine-tune; the few that matter (the Pareto models
+within budget) get a longer one, and the pick is made on those. Search decisions never see the test split.
+"""
 from __future__ import annotations
 
 import logging
+import time
 
 import optuna
 import torch
 
-from reports import TrialRecord
-from search.study import record_test_accuracy
+from reports import TrialRecord, pareto_front
+from reports.records import FINAL_ATTR, load_records
+from search.final import final_finetune
+from search.study import record_test_accuracy, storage_url
 from search.training import evaluate
-from search.trial import TrialContext
+from search.trial import TrialContext, save_model
+from spaces import Policy
 
 log = logging.getLogger(__name__)
+
+
+def final_model_path(number: int) -> str:
+    """Where trial `number`'s model after the final fine-tune is saved, relative to the run folder."""
+    return f"trials/{number:05d}/final.pt"
+
+
+def final_candidates(records: list[TrialRecord], budget: float) -> list[TrialRecord]:
+    """The search-time Pareto models within budget: the ones a longer fine-tune could change the pick among."""
+    return [r for r in pareto_front(records)
+            if r.policy and r.cost_ratio is not None and r.cost_ratio <= budget + 1e-9]
+
+
+def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None = None) -> None:
+    """Re-prune each candidate from its policy and fine-tune it for --final-epochs (only the `limit` most accurate,
+    when given); each result is stored as it ends, so an interrupted stage resumes where it stopped."""
+    epochs, config = ctx.config.final_epochs, ctx.config
+    if epochs <= 0:
+        return
+    records = load_records(storage_url(ctx.run_dir), final=False).trials
+    done = study.user_attrs.get(FINAL_ATTR) or {}
+    candidates = sorted(final_candidates(records, config.budget), key=lambda r: -(r.accuracy or 0.0))[:limit]
+    todo = [r for r in candidates if (done.get(str(r.number)) or {}).get("epochs") != epochs]
+    for index, record in enumerate(todo, 1):
+        log.info("final fine-tune %d/%d: trial %d (%s, cost ratio %.3f, val %.4f) for %g epochs", index, len(todo),
+                 record.number, record.method, record.cost_ratio, record.accuracy, epochs)
+        started = time.perf_counter()
+        torch.manual_seed(config.seed + record.number)
+        final = final_finetune(ctx.workload, ctx.dense, Policy.from_json(record.policy), epochs=epochs,
+                               device=config.device, threads=config.threads, batch_size=config.batch_size)
+        relative = final_model_path(record.number)
+        save_model(final.model, ctx.run_dir / relative)
+        entry = {"epochs": epochs, "accuracy": final.accuracy, "accuracy_loss": ctx.dense.accuracy - final.accuracy,
+                 "test_accuracy": final.test_accuracy, **final.measured,
+                 "cost_ratio": final.measured[f"{config.cost}_ratio"], "model_path": relative,
+                 "seconds": time.perf_counter() - started}
+        stored = dict(study.user_attrs.get(FINAL_ATTR) or {})
+        stored[str(record.number)] = entry
+        study.set_user_attr(FINAL_ATTR, stored)
+        log.info("  trial %d: val %.4f -> %.4f, test %.4f (%.0f s)", record.number, record.accuracy, final.accuracy,
+                 final.test_accuracy, entry["seconds"])
 
 
 def evaluate_front_on_test(study: optuna.Study, front: list[TrialRecord], ctx: TrialContext) -> None:

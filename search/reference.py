@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from search.measure import count_flops, count_params, latency, model_size_bytes
+from torch import nn
+
+from search.measure import compare_latency, count_flops, count_params, latency, model_size_bytes
 from search.training import evaluate
 from search.workloads import Workload
 
@@ -35,3 +37,19 @@ def measure_dense(workload: Workload, *, device: str, threads: int | None, batch
         latency_ms=timing["p50_ms"],
         size_bytes=model_size_bytes(model),
     )
+
+
+def measure_against_dense(model: nn.Module, workload: Workload, dense: DenseReference, *, device: str,
+                          threads: int | None, batch_size: int) -> dict[str, float | int]:
+    """FLOPs, non-zero params, size and latency of a pruned (baked, CPU) model, with their ratios to dense.
+
+    Latency is timed interleaved with the dense model in this process, so the ratio holds on a noisy machine.
+    """
+    flops = count_flops(model, workload.example_inputs)
+    params = count_params(model, nonzero_only=True)
+    timing = compare_latency({"dense": workload.model, "pruned": model}, workload.example_inputs, reference="dense",
+                             device=device, threads=threads, batch_size=batch_size)
+    return {"flops": flops, "params": params, "size_bytes": model_size_bytes(model),
+            "latency_ms": timing["pruned"]["p50_ms"], "latency_p90_ms": timing["pruned"]["p90_ms"],
+            "dense_latency_ms": timing["dense"]["p50_ms"], "flops_ratio": flops / dense.flops,
+            "params_ratio": params / dense.params, "latency_ratio": timing["pruned"]["ratio"]}

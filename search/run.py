@@ -15,7 +15,7 @@ from reports import ReportError, pareto_front, write_report
 from reports.records import load_records
 from search.baselines import enqueue_baselines
 from search.config import ConfigError, RunConfig, parse_config
-from search.finalize import evaluate_front_on_test
+from search.finalize import evaluate_front_on_test, finetune_finalists
 from search.measure import count_flops, layer_flops
 from search.reference import DenseReference, measure_dense
 from search.study import ResumeError, open_study, record_run_attrs, requeue_interrupted, storage_url
@@ -72,11 +72,11 @@ def execute(config: RunConfig) -> int:
              config.workload, config.budget, config.cost, config.epsilon, config.trials, config.out)
     try:
         run_backend(study, ctx)
+        finish(study, ctx)
     except KeyboardInterrupt:
         log.warning("interrupted: finished trials are kept in %s; rerun the same command to resume", config.out)
-        finish(study, ctx)
+        finish(study, ctx, finalists=0)
         return 130
-    finish(study, ctx)
     return 0
 
 
@@ -89,8 +89,11 @@ def run_backend(study: optuna.Study, ctx: TrialContext) -> None:
         run_optuna(study, ctx)
 
 
-def finish(study: optuna.Study, ctx: TrialContext, show: bool = True) -> dict:
-    """Test accuracy for the Pareto models, the report files, and the summary on stdout; returns pareto.json's dict."""
+def finish(study: optuna.Study, ctx: TrialContext, show: bool = True, finalists: int | None = None) -> dict:
+    """The final fine-tune (--final-epochs; of at most `finalists` models when given), test accuracy for the Pareto
+    models, the report files, and the summary on stdout; returns pareto.json's dict."""
+    if finalists != 0:
+        finetune_finalists(study, ctx, finalists)
     records = load_records(storage_url(ctx.run_dir))
     evaluate_front_on_test(study, pareto_front(records.trials), ctx)
     pareto = write_report(ctx.run_dir)

@@ -11,26 +11,46 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 def evaluate(model: nn.Module, loader: Batches, device: str = "cpu") -> float:
-    """Top-1 accuracy (a fraction) of `model` over `loader` on `device`; the model ends in eval mode where it was.
+    """Top-1 accuracy (a fraction) of `model` over `loader` on `device`; the model ends in eval mode where it was."""
+    correct, total = count_correct(model, loader, device)
+    return correct / max(total, 1)
+
+
+def count_correct(model: nn.Module, loader: Batches, device: str = "cpu") -> tuple[int, int]:
+    """(correctly classified, seen) over `loader`: counts add up across parts of a split, fractions do not.
 
     The moves between devices happen outside inference mode: parameters moved inside it would become
     inference tensors that no later training step or dependency trace could use.
     """
     home = next(model.parameters(), torch.empty(0)).device
     model.eval().to(device)
-    accuracy = _accuracy(model, loader, device)
+    counts = _count_correct(model, loader, device)
     model.to(home)
-    return accuracy
+    return counts
 
 
 @torch.inference_mode()
-def _accuracy(model: nn.Module, loader: Batches, device: str) -> float:
+def _count_correct(model: nn.Module, loader: Batches, device: str) -> tuple[int, int]:
     correct = total = 0
     for inputs, labels in loader:
         logits = model(inputs.to(device))
-        correct += (logits.argmax(1).cpu() == labels).sum().item()
+        correct += int((logits.argmax(1).cpu() == labels).sum().item())
         total += len(labels)
-    return correct / max(total, 1)
+    return correct, total
+
+
+def leading_batches(loader: Batches, samples: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], Batches]:
+    """The first batches of `loader` holding at least `samples` samples, and an iterator over the rest of it."""
+    rest = iter(loader)
+    head: list[tuple[torch.Tensor, torch.Tensor]] = []
+    seen = 0
+    while seen < samples:
+        batch = next(rest, None)
+        if batch is None:
+            break
+        head.append(batch)
+        seen += len(batch[1])
+    return head, rest
 
 
 @torch.no_grad()

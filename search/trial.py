@@ -19,9 +19,9 @@ from pruners import bake
 from search.config import RunConfig
 from search.final import calibration_options
 from search.fit import fit_to_target
-from search.measure import compare_latency, count_flops, count_params, model_size_bytes
+from search.measure import count_flops, count_params
 from search.recover import ScreenedOut, recover
-from search.reference import DenseReference
+from search.reference import DenseReference, measure_against_dense
 from search.workloads import Workload
 from spaces import SearchSpace
 
@@ -62,41 +62,38 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
                            params.get("target", config.budget), cost_ratio, label, extra)
     model, policy = fitted.model, fitted.policy
     fit_seconds = time.perf_counter() - started
+    over_budget = config.cost != "latency" and fitted.ratio > config.budget
     try:
-        recovery = recover(model, workload, epochs=config.finetune_epochs, lr=policy.finetune_lr,
-                           device=config.device, stop_below=stop_below)
+        recovery = recover(model, workload, epochs=0 if over_budget else config.finetune_epochs,
+                           lr=policy.finetune_lr, device=config.device, stop_below=stop_below)
     except ScreenedOut as stop:
         stop.attrs = {"policy": policy.to_json(), "method": policy.method, "label": label,
                       "accuracy": stop.accuracy, "accuracy_before_finetune": stop.accuracy,
                       "fitted_ratio": fitted.ratio, "stopped_reason": str(stop),
+                      "screen_seconds": fit_seconds + stop.seconds,
                       "seconds": time.perf_counter() - started}
         raise
     if not math.isfinite(recovery.accuracy):
         raise FloatingPointError("validation accuracy is not a number")
     model = bake(model.cpu().eval())
-    flops = count_flops(model, workload.example_inputs)
-    params_count = count_params(model, nonzero_only=True)
-    timing = compare_latency({"dense": workload.model, "pruned": model}, workload.example_inputs, reference="dense",
-                             device=config.device, threads=config.threads, batch_size=config.batch_size)
-    ratios = {"flops": flops / dense.flops, "params": params_count / dense.params,
-              "latency": timing["pruned"]["ratio"]}
+    measured = measure_against_dense(model, workload, dense, device=config.device, threads=config.threads,
+                                     batch_size=config.batch_size)
     relative = model_path(number)
-    _save(model, ctx.run_dir / relative)
+    save_model(model, ctx.run_dir / relative)
     return {
         "policy": policy.to_json(), "method": policy.method, "label": label,
         "accuracy": recovery.accuracy, "accuracy_loss": dense.accuracy - recovery.accuracy,
         "accuracy_before_finetune": recovery.accuracy_before_finetune,
         "accuracy_after_finetune": recovery.accuracy_after_finetune, "kept": recovery.kept,
-        "flops": flops, "params": params_count, "size_bytes": model_size_bytes(model),
-        "latency_ms": timing["pruned"]["p50_ms"], "latency_p90_ms": timing["pruned"]["p90_ms"],
-        "dense_latency_ms": timing["dense"]["p50_ms"],
-        "flops_ratio": ratios["flops"], "params_ratio": ratios["params"], "latency_ratio": ratios["latency"],
-        "cost_ratio": ratios[config.cost], "model_path": relative, "seconds": time.perf_counter() - started,
+        **measured,
+        "cost_ratio": measured[f"{config.cost}_ratio"], "model_path": relative, "seconds": time.perf_counter() - started,
         "screen_seconds": fit_seconds + recovery.screen_seconds,
+        **({"stopped_reason": f"the most this point prunes leaves {config.cost} at {fitted.ratio:.3f} of dense, over "
+                              f"the budget {config.budget}: not fine-tuned"} if over_budget else {}),
     }
 
 
-def _save(model: nn.Module, path: Path) -> None:
+def save_model(model: nn.Module, path: Path) -> None:
     """torch.save the whole module atomically, so a crash never leaves half a model file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".tmp")

@@ -116,7 +116,7 @@ class SearchSpace:
             return 1.0 - level * self.cost_model.prunable_share()
         ratios = self.group_ratios(params, level)
         if params["method"] == "channel":
-            return self.cost_model.channel_ratio(ratios)
+            return self.cost_model.channel_ratio(ratios, params.get("round_to", 1))
         return self.cost_model.masked_ratio(ratios)
 
     def max_level(self, params: dict[str, Any]) -> float:

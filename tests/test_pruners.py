@@ -220,6 +220,17 @@ def test_channel_round_to_gives_multiples(resnet18: nn.Module) -> None:
     assert all(w % 8 == 0 for w in widths), widths
 
 
+@pytest.mark.parametrize("round_to", [8, 16])
+def test_channel_round_to_prunes_more_as_sparsity_rises(round_to: int) -> None:
+    """Torch-Pruning leaves a group whole when rounding its kept width reaches zero; the pruner caps the ratio
+    so at least round_to channels stay, and more sparsity never means fewer channels removed."""
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    widths = [params(prune(model, X, "channel", s, round_to=round_to)) for s in (0.5, 0.9, 0.99)]
+    assert widths[0] > widths[1] >= widths[2]
+    smallest = prune(model, X, "channel", 0.99, round_to=round_to)
+    assert min(m.out_channels for m in smallest.modules() if isinstance(m, nn.Conv2d)) == round_to
+
+
 def test_channel_global_pruning_l2(resnet18: nn.Module) -> None:
     pruned = prune(resnet18, X, "channel", 0.5, criterion="l2", global_pruning=True)
     assert params(pruned) < params(resnet18)

@@ -114,3 +114,27 @@ def test_kill_9_mid_run_then_resume_keeps_finished_trials(cache_dir: Path, digit
     assert {n: a for n, a in ((t.number, t.user_attrs["accuracy"]) for t in complete) if n in kept} == kept
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
     assert len(interrupted) == 1 and "interrupted" in interrupted[0].user_attrs["failure"]
+
+
+def test_final_epochs_fine_tunes_the_pareto_models_within_budget(cache_dir: Path, digits, tmp_path: Path) -> None:
+    out = tmp_path / "final"
+    result = run_cli([*FAST, "--trials", "6", "--final-epochs", "2", "--out", str(out)], cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}")
+    finals = study.user_attrs["final"]
+    pareto = json.loads((out / "pareto.json").read_text())
+    finalized = [m for m in pareto["pareto"] if m["final_epochs"] is not None]
+    assert finalized and {str(m["trial"]) for m in finalized} <= set(finals)
+    for model in finalized:
+        entry = finals[str(model["trial"])]
+        assert model["final_epochs"] == entry["epochs"] == 2
+        assert model["accuracy"] == entry["accuracy"] and model["search_accuracy"] is not None
+        assert model["test_accuracy"] == entry["test_accuracy"] and (out / entry["model_path"]).is_file()
+        assert model["cost_ratio"] <= pareto["budget"] + 1e-9
+    best = pareto["best"]
+    assert best is not None and best["final_epochs"] == 2
+    model = torch.load(out / "best" / "model.pt", weights_only=False)
+    assert evaluate(model, digits.val) == pytest.approx(best["accuracy"], abs=1e-9)
+    assert count_flops(model, digits.example_inputs) / pareto["dense"]["flops"] == pytest.approx(best["flops_ratio"])
+    again = run_cli([*FAST, "--trials", "6", "--final-epochs", "2", "--out", str(out)], cache_dir)
+    assert again.returncode == 0 and "final fine-tune" not in again.stderr  # nothing left to fine-tune on resume
