@@ -200,6 +200,14 @@ def _pareto_section(inputs: ReportInputs) -> Section:
         "Test accuracy is measured only for these models. FLOPs and latency ratios sit side by side "
         "because fewer FLOPs do not always mean less time."
     ]
+    finals = [r for r in inputs.front if r.final_epochs is not None]
+    if finals:
+        headers.insert(4, "val acc in search")
+        for row, record in zip(rows, inputs.front):
+            row.insert(4, fmt.percent(record.search_accuracy))
+        paragraphs.append(f"{len(finals)} of them had the final fine-tune ({finals[0].final_epochs:g} epochs, "
+                          "--final-epochs): their accuracy, costs and model file come from it, and the pick is made "
+                          "on them; the search-time validation accuracy stands beside it.")
     return Section("Pareto front", paragraphs, Table(headers, rows))
 
 

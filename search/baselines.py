@@ -10,8 +10,8 @@ from spaces import SearchSpace
 
 def baseline_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
     """Uniform L1 channel pruning, Torch-Pruning's global group-L2 ranking and uniform magnitude, at the budget."""
-    uniform = {f"a:{g.name}": 1.0 for g in space.groups}
-    common = {"lr_scale": 1.0, "target": space.budget}
+    uniform = {"allocation": "shaped", "stream_share": 1.0, "depth_tilt": 0.0}
+    common = {"lr_scale": 1.0, "distill": 0.0, "target": space.budget}
     points = {
         "uniform_l1": {"method": "channel", "criterion": "l1", "round_to": 1, "ranking": "per_group", **uniform, **common},
         "tp_global": {"method": "channel", "criterion": "l2", "round_to": 1, "ranking": "global", **common},

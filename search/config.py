@@ -32,6 +32,7 @@ class RunConfig:
     trials: int = 24
     timeout: float | None = None
     finetune_epochs: float = 0.15
+    target_floor: float = 0.6  # the lowest cost target a trial aims at, as a fraction of the budget
     final_epochs: float = 0.0  # after the search: longer fine-tune of the Pareto models within budget; 0 = none
     sampler: str = "tpe"
     backend: str = "optuna"
@@ -108,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="stop starting new trials after this many seconds")
     parser.add_argument("--finetune-epochs", type=_fraction("--finetune-epochs", 0, 1000, False, True),
                         default=RunConfig.finetune_epochs, help="fine-tuning per trial, in epochs (fractions allowed)")
+    parser.add_argument("--target-floor", type=_fraction("--target-floor", 0, 1, True, False),
+                        default=RunConfig.target_floor,
+                        help="each trial aims at a cost between this fraction of the budget and the budget (default "
+                             "0.6; 1 aims every trial at the budget, for the most accurate model at that cost)")
     parser.add_argument("--final-epochs", type=_fraction("--final-epochs", 0, 1000, False, True),
                         default=RunConfig.final_epochs,
                         help="after the search, re-prune every Pareto model within budget and fine-tune it this many "
@@ -162,7 +167,7 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
     return RunConfig(
         workload=args.workload, budget=args.budget, epsilon=args.epsilon, cost=args.cost, methods=methods,
         trials=args.trials, timeout=args.timeout, finetune_epochs=args.finetune_epochs,
-        final_epochs=args.final_epochs, sampler=args.sampler,
+        target_floor=args.target_floor, final_epochs=args.final_epochs, sampler=args.sampler,
         backend=args.backend, address=args.address, workers=args.workers,
         cpus_per_trial=args.cpus_per_trial or RunConfig.cpus_per_trial, gpus_per_trial=gpus, latency_on=args.latency_on,
         device=args.device, seed=args.seed,

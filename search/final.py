@@ -44,7 +44,7 @@ def final_finetune(workload: Workload, dense: DenseReference, policy: Policy, *,
     """Prune the dense model by `policy`, recover it for `epochs`, and measure it against dense."""
     model = prune(workload.model, workload.example_inputs, **policy.prune_kwargs(),
                   **calibration_options(workload, policy.criterion))
-    recovery = recover(model, workload, epochs=epochs, lr=policy.finetune_lr, device=device)
+    recovery = recover(model, workload, epochs=epochs, lr=policy.finetune_lr, device=device, distill=policy.distill)
     model = bake(model.cpu().eval())
     measured = measure_against_dense(model, workload, dense, device=device, threads=threads, batch_size=batch_size)
     return FinalModel(model, recovery.accuracy, evaluate(model, workload.test, device), measured)

@@ -10,6 +10,7 @@ from torch import nn
 
 from pruners import prune
 from spaces import Policy, SearchSpace
+from spaces.space import MAX_SPARSITY, ROUND_TO
 
 TOLERANCE = 0.02  # accept a ratio within this much under the target
 MAX_STEPS = 6
@@ -58,3 +59,21 @@ def fit_to_target(dense: nn.Module, example_inputs: torch.Tensor, space: SearchS
         else:
             low = mid
     return best
+
+
+def unreachable_methods(dense: nn.Module, example_inputs: torch.Tensor, methods: tuple[str, ...], budget: float,
+                      measure_ratio: Callable[[nn.Module], float]) -> dict[str, float]:
+    """Methods whose hardest pruning still misses the budget, with the least ratio they reach: only `layer` can
+    (it removes whole blocks, and a network keeps its unremovable ones); the others go as low as asked."""
+    if "layer" not in methods:
+        return {}
+    floor = measure_ratio(prune(dense, example_inputs, method="layer", sparsity=MAX_SPARSITY))
+    return {"layer": floor} if floor > budget else {}
+
+
+def reachable_round_to(dense: nn.Module, example_inputs: torch.Tensor, budget: float,
+                       measure_ratio: Callable[[nn.Module], float]) -> tuple[int, ...]:
+    """The round_to values whose hardest uniform channel pruning reaches the budget: widths kept in multiples of 8
+    cannot take a 16-channel stage below 8, which may leave the whole network over a small budget."""
+    return tuple(r for r in ROUND_TO if r == 1 or measure_ratio(
+        prune(dense, example_inputs, method="channel", sparsity=MAX_SPARSITY, criterion="l1", round_to=r)) <= budget)

@@ -18,11 +18,12 @@ SCREEN_SAMPLES = 2000  # validation samples that screen a candidate: enough to t
 
 
 class ScreenedOut(Exception):
-    """The candidate's screened accuracy cannot reach the feasible region: it is not worth fine-tuning."""
+    """The candidate's screened accuracy cannot reach the Pareto front: it is not worth fine-tuning."""
 
     def __init__(self, accuracy: float, threshold: float, seconds: float) -> None:
-        super().__init__(f"screened accuracy {accuracy:.4f} after batch-norm recalibration is below {threshold:.4f}, "
-                         "the least that the largest fine-tuning gain seen so far could lift to within epsilon")
+        super().__init__(f"screened accuracy {accuracy:.4f} after batch-norm recalibration is below {threshold:.4f}: "
+                         "a finished trial at the same or lower cost screened clearly better, or the largest "
+                         "fine-tuning gain seen so far could not lift it to that trial's accuracy")
         self.accuracy = accuracy
         self.seconds = seconds  # recalibration plus the screening samples
         self.attrs: dict = {}  # what the trial knew when it stopped, filled in by the trial
@@ -43,9 +44,10 @@ class Recovery:
 
 
 def recover(model: nn.Module, workload: Workload, *, epochs: float, lr: float, device: str = "cpu",
-            stop_below: float | None = None) -> Recovery:
+            stop_below: float | None = None, distill: float = 0.0) -> Recovery:
     """Recalibrate BN, screen, and fine-tune `model` in place for `epochs`; the better validated weights stay.
 
+    With `distill` > 0 the fine-tune also learns from the dense model's outputs (Hinton distillation, that weight).
     With `stop_below`, a candidate whose recalibrated accuracy on the first SCREEN_SAMPLES validation samples
     is under it raises ScreenedOut before fine-tuning; the rest of the validation split is seen only by
     candidates that go on, so screening costs a fraction of a validation pass.
@@ -62,7 +64,8 @@ def recover(model: nn.Module, workload: Workload, *, epochs: float, lr: float, d
     if epochs <= 0:
         return Recovery(before, None, "recalibrated", screened)
     saved = copy.deepcopy(model.state_dict())
-    train(model, workload.train, epochs=epochs, lr=lr, device=device)
+    train(model, workload.train, epochs=epochs, lr=lr, device=device,
+          teacher=workload.model if distill > 0 else None, distill_weight=distill)
     after = evaluate(model, workload.val, device)
     if after >= before:
         return Recovery(before, after, "finetuned", screened)

@@ -16,13 +16,15 @@ from reports.records import load_records
 from search.baselines import enqueue_baselines
 from search.config import ConfigError, RunConfig, parse_config
 from search.finalize import evaluate_front_on_test, finetune_finalists
+from search.fit import reachable_round_to, unreachable_methods
 from search.measure import count_flops, layer_flops
 from search.reference import DenseReference, measure_dense
 from search.study import ResumeError, open_study, record_run_attrs, requeue_interrupted, storage_url
 from search.summary import summary_lines
-from search.trial import TrialContext
+from search.trial import TrialContext, fitting_ratio
 from search.workloads import Workload, WorkloadError, build_workload
 from spaces import SearchSpace, SpaceError
+from spaces.space import ROUND_TO
 
 log = logging.getLogger("search")
 
@@ -47,9 +49,22 @@ def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None 
     elif dense is None:
         log.info("measuring the dense %s (accuracy, FLOPs, latency)", workload.name)
         dense = measure_dense(workload, device=config.device, threads=config.threads, batch_size=config.batch_size)
+    methods, round_to = config.methods, ROUND_TO
+    if config.cost != "latency":
+        ratio = fitting_ratio(workload, dense, config.cost)
+        for method, floor in unreachable_methods(workload.model, workload.example_inputs, methods, config.budget,
+                                                 ratio).items():
+            log.warning("method %s is left out: its hardest pruning leaves %s at %.3f of dense, over the budget %g",
+                        method, config.cost, floor, config.budget)
+            methods = tuple(m for m in methods if m != method)
+        if not methods:
+            raise SpaceError(f"none of --methods {','.join(config.methods)} reaches the budget {config.budget:g}; "
+                             "add channel or magnitude, or raise --budget")
+        if "channel" in methods:
+            round_to = reachable_round_to(workload.model, workload.example_inputs, config.budget, ratio)
     space = SearchSpace.build(workload.model, workload.example_inputs, layer_flops(workload.model, workload.example_inputs),
-                              count_flops(workload.model, workload.example_inputs), config.methods, config.budget,
-                              workload.finetune_lr)
+                              count_flops(workload.model, workload.example_inputs), methods, config.budget,
+                              workload.finetune_lr, config.target_floor, round_to)
     record_run_attrs(study, {
         "workload": config.workload, "cost_metric": config.cost, "budget": config.budget, "epsilon": config.epsilon,
         "input_shape": workload.input_shape, "dense": dense.to_json(), "config": config.to_json(),

@@ -10,7 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from search.final import calibration_options
 from search.fit import fit_to_target
 from search.measure import count_flops, count_params
 from search.recover import ScreenedOut, recover
+from search.screening import stop_below
 from search.reference import DenseReference, measure_against_dense
 from search.workloads import Workload
 from spaces import SearchSpace
@@ -36,39 +37,42 @@ class TrialContext:
     run_dir: Path
 
 
+def fitting_ratio(workload: Workload, dense: DenseReference, cost: str) -> Callable[[nn.Module], float]:
+    """The ratio a point is fitted on: parameters for --cost params, else FLOPs (latency is too noisy to bisect on)."""
+    if cost == "params":
+        return lambda model: count_params(model, nonzero_only=True) / dense.params
+    return lambda model: count_flops(model, workload.example_inputs) / dense.flops
+
+
 def model_path(number: int) -> str:
     """Where trial `number`'s model is saved, relative to the run folder."""
     return f"trials/{number:05d}/model.pt"
 
 
 def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label: str = "search",
-                   stop_below: float | None = None) -> dict[str, Any]:
+                   screen: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run one trial and return its user attributes (policy, accuracy, costs, ratios, model_path).
 
-    With `stop_below` (see search.screening), a hopeless candidate raises ScreenedOut before fine-tuning.
+    With a `screen` bar (search.screening), a candidate that would stay dominated raises ScreenedOut before
+    fine-tuning.
     """
     started = time.perf_counter()
     torch.manual_seed(ctx.config.seed + number)
     workload, dense, config = ctx.workload, ctx.dense, ctx.config
-    fit_on_params = config.cost == "params"
-
-    def cost_ratio(model: nn.Module) -> float:
-        if fit_on_params:
-            return count_params(model, nonzero_only=True) / dense.params
-        return count_flops(model, workload.example_inputs) / dense.flops
-
     extra = calibration_options(workload, params.get("criterion", ""))
     fitted = fit_to_target(workload.model, workload.example_inputs, ctx.space, params,
-                           params.get("target", config.budget), cost_ratio, label, extra)
+                           params.get("target", config.budget), fitting_ratio(workload, dense, config.cost), label, extra)
     model, policy = fitted.model, fitted.policy
     fit_seconds = time.perf_counter() - started
     over_budget = config.cost != "latency" and fitted.ratio > config.budget
     try:
         recovery = recover(model, workload, epochs=0 if over_budget else config.finetune_epochs,
-                           lr=policy.finetune_lr, device=config.device, stop_below=stop_below)
+                           lr=policy.finetune_lr, device=config.device, stop_below=stop_below(screen, fitted.ratio),
+                           distill=policy.distill)
     except ScreenedOut as stop:
         stop.attrs = {"policy": policy.to_json(), "method": policy.method, "label": label,
                       "accuracy": stop.accuracy, "accuracy_before_finetune": stop.accuracy,
+                      "accuracy_loss": dense.accuracy - stop.accuracy,
                       "fitted_ratio": fitted.ratio, "stopped_reason": str(stop),
                       "screen_seconds": fit_seconds + stop.seconds,
                       "seconds": time.perf_counter() - started}

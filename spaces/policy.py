@@ -10,7 +10,8 @@ class Policy:
     """What to prune and how: the method, its criterion, per-layer (or global) sparsity and method options.
 
     `group_sparsity` keeps the per-group knobs the space searched (for reading); `sparsity` is what prune() takes.
-    `finetune_lr` is the recovery learning rate; `label` marks warm-start baselines ("search" otherwise).
+    `finetune_lr` is the recovery learning rate and `distill` the weight of distillation from the dense model in
+    its loss (0: plain cross-entropy); `label` marks warm-start baselines ("search" otherwise).
     """
 
     method: str
@@ -20,6 +21,7 @@ class Policy:
     group_sparsity: dict[str, float] = field(default_factory=dict)
     finetune_lr: float = 0.01
     label: str = "search"
+    distill: float = 0.0
 
     def prune_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for pruners.prune (model and example inputs aside)."""

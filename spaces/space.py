@@ -21,7 +21,12 @@ SCALAR_METHODS = ("global_magnitude", "layer")
 CHANNEL_CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "taylor", "activation")
 ROUND_TO = (1, 4, 8)
 RANKINGS = ("per_group", "global")  # global: Torch-Pruning ranks all groups together and the level is the overall ratio
+ALLOCATIONS = ("shaped", "free")  # shaped: two knobs over every group (few trials find it); free: one knob per group
+STREAM_SHARE = (0.25, 2.0)  # shaped: weight of coupled groups (residual streams) against single-layer ones
+DEPTH_TILT = (-0.9, 0.9)
+FREE_WEIGHT = (0.25, 1.0)  # free: one relative weight per group (wider spreads screened near chance on ResNet-20)  # shaped: weights grow (> 0) or shrink (< 0) linearly with depth
 NM_PATTERNS = ("2:4", "1:4", "2:8", "1:8")
+DISTILL = (0.0, 0.5, 0.9)  # weight of distillation from the dense model in the recovery loss
 
 
 class SpaceError(ValueError):
@@ -44,19 +49,24 @@ class SearchSpace:
     cost_model: CostModel
     budget: float
     base_lr: float
+    depth: dict[str, float]  # group -> position in the network, 0 (input side) to 1 (output side)
+    target_floor: float = 0.6  # the lowest cost target a trial aims at, as a fraction of the budget
+    round_to: tuple[int, ...] = ROUND_TO  # the round_to values offered (those that can reach the budget)
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs: torch.Tensor, layer_flops: dict[str, int], total_flops: int,
-              methods: tuple[str, ...], budget: float, base_lr: float) -> "SearchSpace":
+              methods: tuple[str, ...], budget: float, base_lr: float, target_floor: float = 0.6,
+              round_to: tuple[int, ...] = ROUND_TO) -> "SearchSpace":
         groups = prunable_groups(model, example_inputs)
         if not groups and any(m in PER_GROUP_METHODS for m in methods):
             raise SpaceError("the model has no prunable channel groups for --methods magnitude/channel; "
                              "use --methods global_magnitude,nm or layer")
-        return cls(tuple(methods), groups, CostModel.build(layer_flops, total_flops, groups), budget, base_lr)
+        return cls(tuple(methods), groups, CostModel.build(layer_flops, total_flops, groups), budget, base_lr,
+                   _depths(model, groups), target_floor, tuple(round_to) or (1,))
 
     def target_range(self) -> tuple[float, float]:
-        """Cost-ratio targets the search samples from: up to the budget, down to 40% of it."""
-        return max(0.02, 0.4 * self.budget), self.budget
+        """Cost-ratio targets the search samples from: up to the budget, down to `target_floor` of it."""
+        return max(0.02, self.target_floor * self.budget), self.budget
 
     def nm_patterns(self) -> list[str]:
         """N:M patterns whose predicted cost fits the budget (2:4 first: the one sparse tensor cores run)."""
@@ -69,44 +79,61 @@ class SearchSpace:
         method = trial.suggest_categorical("method", list(self.methods))
         params: dict[str, Any] = {"method": method}
         params["lr_scale"] = trial.suggest_float("lr_scale", 0.3, 3.0, log=True)
+        params["distill"] = trial.suggest_categorical("distill", list(DISTILL))
         if method == "nm":
             params["pattern"] = trial.suggest_categorical("pattern", self.nm_patterns())
             return params
         params["target"] = trial.suggest_float("target", *self.target_range())
         if method == "channel":
             params["criterion"] = trial.suggest_categorical("criterion", list(CHANNEL_CRITERIA))
-            params["round_to"] = trial.suggest_categorical("round_to", list(ROUND_TO))
+            params["round_to"] = trial.suggest_categorical("round_to", list(self.round_to))
             params["ranking"] = trial.suggest_categorical("ranking", list(RANKINGS))
         if method in PER_GROUP_METHODS and params.get("ranking", "per_group") == "per_group":
-            for group in self.groups:
-                params[f"a:{group.name}"] = trial.suggest_float(f"a:{group.name}", 0.05, 1.0)
+            params["allocation"] = trial.suggest_categorical("allocation", list(ALLOCATIONS))
+            if params["allocation"] == "shaped":
+                params["stream_share"] = trial.suggest_float("stream_share", *STREAM_SHARE, log=True)
+                params["depth_tilt"] = trial.suggest_float("depth_tilt", *DEPTH_TILT)
+            else:
+                for group in self.groups:
+                    params[f"a:{group.name}"] = trial.suggest_float(f"a:{group.name}", *FREE_WEIGHT)
         return params
+
+    def allocation(self, params: dict[str, Any]) -> dict[str, float]:
+        """Relative pruning weight of each group: from the two shape knobs, the free per-group knobs, or uniform."""
+        if params.get("allocation") == "shaped":
+            share, tilt = float(params["stream_share"]), float(params["depth_tilt"])
+            return {g.name: (share if len(g.out_layers) > 1 else 1.0) * (1.0 + tilt * (2.0 * self.depth[g.name] - 1.0))
+                    for g in self.groups}
+        return {g.name: float(params.get(f"a:{g.name}", 1.0)) for g in self.groups}
 
     def policy(self, params: dict[str, Any], level: float, label: str = "search") -> Policy:
         """The policy at pruning `level`: the top-allocated group's ratio (others in proportion, all capped at
         MAX_SPARSITY), or the global ratio for scalar methods."""
         method = params["method"]
         lr = self.base_lr * params.get("lr_scale", 1.0)
+        distill = float(params.get("distill", 0.0))
         if method == "nm":
             n, m = (int(v) for v in params["pattern"].split(":"))
-            return Policy("nm", "l1", 1.0 - n / m, {"n": n, "m": m}, finetune_lr=lr, label=label)
+            return Policy("nm", "l1", 1.0 - n / m, {"n": n, "m": m}, finetune_lr=lr, label=label, distill=distill)
         if method in SCALAR_METHODS or params.get("ranking") == "global":
             if method == "channel":
                 options = {"global_pruning": True, **({"round_to": params["round_to"]} if params.get("round_to", 1) > 1 else {})}
-                return Policy(method, params["criterion"], round(level, 6), options, finetune_lr=lr, label=label)
+                return Policy(method, params["criterion"], round(level, 6), options, finetune_lr=lr, label=label,
+                              distill=distill)
             criterion = params.get("criterion", criteria_for(method)[0])
-            return Policy(method, criterion, round(level, 6), dict(params.get("options", {})), finetune_lr=lr, label=label)
+            return Policy(method, criterion, round(level, 6), dict(params.get("options", {})), finetune_lr=lr,
+                          label=label, distill=distill)
         ratios = self.group_ratios(params, level)
         per_layer = {layer: ratios[g.name] for g in self.groups for layer in g.out_layers}
         options: dict[str, Any] = dict(params.get("options", {}))
         if method == "channel" and params.get("round_to", 1) > 1:
             options["round_to"] = params["round_to"]
         return Policy(method, params.get("criterion", criteria_for(method)[0]), per_layer, options,
-                      group_sparsity=ratios, finetune_lr=lr, label=label)
+                      group_sparsity=ratios, finetune_lr=lr, label=label, distill=distill)
 
     def group_ratios(self, params: dict[str, Any], level: float) -> dict[str, float]:
         """Scale the sampled allocation so the top-allocated group is at `level`, each group capped at MAX_SPARSITY."""
-        alloc = {g.name: float(params.get(f"a:{g.name}", 1.0)) for g in self.groups}  # uniform when not sampled
+        alloc = self.allocation(params)
         top = max(alloc.values(), default=1.0)
         return {name: round(min(MAX_SPARSITY, level * a / top), 6) for name, a in alloc.items()}
 
@@ -123,7 +150,7 @@ class SearchSpace:
         """The level at which every group is at MAX_SPARSITY (past the top group, the others keep rising)."""
         if params["method"] not in PER_GROUP_METHODS or params.get("ranking") == "global":
             return MAX_SPARSITY
-        alloc = [float(params.get(f"a:{g.name}", 1.0)) for g in self.groups]
+        alloc = list(self.allocation(params).values())
         return MAX_SPARSITY * max(alloc) / min(alloc)
 
     def initial_level(self, params: dict[str, Any], target: float) -> float:
@@ -143,13 +170,28 @@ class SearchSpace:
             "target": {"low": self.target_range()[0], "high": self.target_range()[1],
                        "meaning": "cost ratio each trial aims at; the allocation is scaled to land at or under it"},
             "groups": [{"name": g.name, "channels": g.channels, "layers": list(g.out_layers)} for g in self.groups],
-            "allocation": "one relative weight in [0.05, 1] per group (magnitude, channel); scaled by a solved level",
-            "channel_criteria": list(CHANNEL_CRITERIA), "round_to": list(ROUND_TO), "channel_ranking": list(RANKINGS),
+            "allocation": {
+                "shaped": f"weight = stream_share {list(STREAM_SHARE)} for coupled groups (1 for the rest) x "
+                          f"(1 + depth_tilt {list(DEPTH_TILT)} x (2 depth - 1)), depth in [0, 1] per group",
+                "free": f"one relative weight in {list(FREE_WEIGHT)} per group",
+                "scale": "the weights are scaled by a level solved so the cost lands on the sampled target",
+            },
+            "group_depth": {name: round(d, 3) for name, d in self.depth.items()},
+            "channel_criteria": list(CHANNEL_CRITERIA), "round_to": list(self.round_to),
+            "channel_ranking": list(RANKINGS),
             "nm_patterns": self.nm_patterns() if "nm" in self.methods else [],
-            "lr_scale": [0.3, 3.0], "base_lr": self.base_lr, "max_group_sparsity": MAX_SPARSITY,
+            "lr_scale": [0.3, 3.0], "base_lr": self.base_lr, "distill": list(DISTILL), "max_group_sparsity": MAX_SPARSITY,
         }
 
 
 def _nm_sparsity(pattern: str) -> float:
     n, m = (int(v) for v in pattern.split(":"))
     return 1.0 - n / m
+
+
+def _depths(model: nn.Module, groups: list[PrunableGroup]) -> dict[str, float]:
+    """Each group's depth in [0, 1]: the mean module-order position of its output layers, ranked across groups."""
+    order = {name: index for index, (name, _) in enumerate(model.named_modules())}
+    mean = {g.name: sum(order.get(layer, 0) for layer in g.out_layers) / max(len(g.out_layers), 1) for g in groups}
+    ranked = sorted(mean, key=mean.__getitem__)
+    return {name: index / max(len(ranked) - 1, 1) for index, name in enumerate(ranked)}

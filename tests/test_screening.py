@@ -5,21 +5,35 @@ import pytest
 
 from pruners import prune
 from search.recover import ScreenedOut, recover
-from search.screening import MARGIN, screening_threshold
+from search.screening import MARGIN, RANK_MARGIN, screening_bar, stop_below
+
+# (cost ratio, accuracy, screened accuracy) of finished trials; (0.40, 0.84, 0.5) is dominated by (0.30, 0.85, 0.4)
+FINISHED = [(0.50, 0.90, 0.6), (0.30, 0.85, 0.4), (0.40, 0.84, 0.5), (0.25, 0.80, 0.3)]
 
 
 def test_no_screening_until_enough_trials_are_seen() -> None:
-    assert screening_threshold([(0.5, 0.9)] * 3, dense_accuracy=0.93, epsilon=0.01) is None
+    bar = screening_bar([(0.5, 0.9)] * 3, FINISHED)
+    assert bar is None and stop_below(bar, 0.5) is None
 
 
-def test_threshold_allows_for_the_largest_gain_seen() -> None:
-    pairs = [(0.80, 0.90), (0.85, 0.88), (0.90, 0.91), (0.70, 0.75)]
-    assert screening_threshold(pairs, 0.93, 0.01) == pytest.approx(0.93 - 0.01 - 0.10 - MARGIN)
+def test_bar_keeps_the_largest_gain_and_the_front() -> None:
+    bar = screening_bar([(0.80, 0.90), (0.85, 0.88), (0.90, 0.91), (0.70, 0.75)], FINISHED)
+    assert bar["largest_gain"] == pytest.approx(0.10)
+    assert bar["front"] == [[0.25, 0.80, 0.3], [0.30, 0.85, 0.4], [0.50, 0.90, 0.6]]
 
 
-def test_when_recalibration_leaves_everything_near_chance_nothing_is_stopped() -> None:
-    pairs = [(0.10, 0.92), (0.12, 0.89), (0.11, 0.91), (0.10, 0.85)]
-    assert screening_threshold(pairs, 0.93, 0.01) < 0.10  # a candidate at chance may still recover: none stopped
+def test_a_candidate_is_stopped_only_below_what_dominates_it_at_its_cost() -> None:
+    bar = screening_bar([(0.80, 0.90)] * 4, FINISHED)
+    # at cost 0.45 the front at no higher cost is (0.25, 0.80, 0.3) and (0.30, 0.85, 0.4)
+    assert stop_below(bar, 0.45) == pytest.approx(max(0.85 - 0.10 - MARGIN, 0.4 - RANK_MARGIN))
+    assert stop_below(bar, 0.60) == pytest.approx(max(0.90 - 0.10 - MARGIN, 0.6 - RANK_MARGIN))
+    assert stop_below(bar, 0.20) is None  # cheaper than every finished trial: it could only extend the front
+
+
+def test_when_recalibration_leaves_everything_near_chance_the_bar_follows_the_screened_front() -> None:
+    near_chance = [(0.50, 0.90, 0.12), (0.30, 0.85, 0.11)]
+    bar = screening_bar([(0.10, 0.92), (0.12, 0.89), (0.11, 0.91), (0.10, 0.85)], near_chance)
+    assert stop_below(bar, 0.6) == pytest.approx(0.12 - RANK_MARGIN)  # only a candidate below chance-level is stopped
 
 
 def test_recover_stops_a_hopeless_candidate_before_finetuning(digits) -> None:

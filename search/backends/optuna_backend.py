@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from reports import select_best
 from reports.records import trial_record
 from search.recover import ScreenedOut
-from search.screening import screening_threshold
+from search.screening import screening_bar
 from search.study import INTERRUPTED, finished_count
 from search.trial import TrialContext, evaluate_point
 
@@ -29,6 +29,16 @@ def record(trial: optuna.Trial, attrs: dict, budget: float, epsilon: float) -> l
     return [attrs["cost_ratio"], attrs["accuracy_loss"]]
 
 
+def record_screened(trial: optuna.Trial, attrs: dict, budget: float, epsilon: float) -> None:
+    """Store a screened-out trial's attributes and its constraints from the screened accuracy. TPE ranks constrained
+    trials by their violation, so a stopped candidate counts as a poor point; unconstrained, a PRUNED trial can fill
+    TPE's "good" group when no complete trial is feasible, and draw the sampler back to where it was stopped."""
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+    trial.set_constraint("accuracy_loss", attrs["accuracy_loss"] - epsilon)
+    trial.set_constraint("cost_ratio", attrs["fitted_ratio"] - budget)
+
+
 def best_so_far(study: optuna.Study, budget: float, epsilon: float) -> str:
     """A short text of the current pick (reports' selection rule), for the progress bar."""
     best = select_best([trial_record(t) for t in study.get_trials(deepcopy=False)], budget, epsilon)
@@ -37,12 +47,15 @@ def best_so_far(study: optuna.Study, budget: float, epsilon: float) -> str:
     return f"#{best.number} {best.method} cost {best.cost_ratio:.2f} acc {best.accuracy:.4f}"
 
 
-def screen_below(study: optuna.Study, ctx: TrialContext) -> float | None:
-    """The screening threshold from this study's fine-tuned trials (None until enough are seen)."""
+def screen_bar(study: optuna.Study, ctx: TrialContext) -> dict | None:
+    """The screening bar (search.screening) from this study's finished trials (None until enough are seen)."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     pairs = [(t.user_attrs["accuracy_before_finetune"], t.user_attrs["accuracy_after_finetune"])
-             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-             if t.user_attrs.get("accuracy_after_finetune") is not None]
-    return screening_threshold(pairs, ctx.dense.accuracy, ctx.config.epsilon)
+             for t in complete if t.user_attrs.get("accuracy_after_finetune") is not None]
+    fit_on = "params_ratio" if ctx.config.cost == "params" else "flops_ratio"
+    points = [(t.user_attrs[fit_on], t.user_attrs["accuracy"], t.user_attrs["accuracy_before_finetune"])
+              for t in complete if t.user_attrs.get("accuracy_after_finetune") is not None and fit_on in t.user_attrs]
+    return screening_bar(pairs, points)
 
 
 def run_optuna(study: optuna.Study, ctx: TrialContext, *, show_progress: bool = True) -> None:
@@ -67,14 +80,13 @@ def run_optuna(study: optuna.Study, ctx: TrialContext, *, show_progress: bool = 
             trial.set_user_attr("label", label)
             try:
                 params = ctx.space.suggest(trial)
-                attrs = evaluate_point(ctx, params, trial.number, label, stop_below=screen_below(study, ctx))
+                attrs = evaluate_point(ctx, params, trial.number, label, screen=screen_bar(study, ctx))
                 values = record(trial, attrs, config.budget, config.epsilon)
                 if not all(math.isfinite(v) for v in values):
                     raise FloatingPointError(f"objective values {values} are not finite")
                 study.tell(trial, values)
             except ScreenedOut as stop:
-                for key, value in stop.attrs.items():
-                    trial.set_user_attr(key, value)
+                record_screened(trial, stop.attrs, config.budget, config.epsilon)
                 study.tell(trial, state=TrialState.PRUNED)
             except KeyboardInterrupt:
                 trial.set_user_attr("failure", INTERRUPTED)

@@ -20,7 +20,7 @@ import optuna
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.backends.optuna_backend import best_so_far, record, screen_below
+from search.backends.optuna_backend import best_so_far, record, record_screened, screen_bar
 from search.backends.ray_trial import ATTRS_KEY, FAILURE_KEY, META_KEY, OBJECTIVES, SCREENED_KEY
 from search.study import INTERRUPTED, finished_count
 from search.trial import TrialContext
@@ -48,7 +48,7 @@ class StudySearch(OptunaSearch):
         """Define-by-run: the space's point, plus what the trainable needs from the study: number, label, screening."""
         label = trial.user_attrs.get("label", "search")
         trial.set_user_attr("label", label)
-        meta = {"number": trial.number, "label": label, "stop_below": screen_below(self._ot_study, self._ctx)}
+        meta = {"number": trial.number, "label": label, "screen": screen_bar(self._ot_study, self._ctx)}
         return {**self._ctx.space.suggest(trial), META_KEY: meta}
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -78,8 +78,7 @@ class StudySearch(OptunaSearch):
             log.debug("trial %d: %s", trial.number, result.get("traceback", ""))
             self._fail(trial_id, result[FAILURE_KEY])
         elif SCREENED_KEY in result:
-            for key, value in json.loads(result[SCREENED_KEY]).items():
-                trial.set_user_attr(key, value)
+            record_screened(trial, json.loads(result[SCREENED_KEY]), config.budget, config.epsilon)
             super().on_trial_complete(trial_id, None)  # no objective values and no error: Optuna's PRUNED
         else:
             record(trial, json.loads(result[ATTRS_KEY]), config.budget, config.epsilon)

@@ -75,7 +75,7 @@ def _outcome(setup: TrialSetup, params: dict[str, Any], meta: dict[str, Any]) ->
     with tempfile.TemporaryDirectory(prefix="prune-search-trial-") as scratch:
         try:
             attrs = evaluate_point(replace(ctx, run_dir=Path(scratch)), params, meta["number"], meta["label"],
-                                   stop_below=meta["stop_below"])
+                                   screen=meta["screen"])
             saved = Path(scratch) / attrs["model_path"]
             if ctx.config.latency_on:
                 pruned = torch.load(saved, map_location="cpu", weights_only=False)
