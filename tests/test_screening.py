@@ -1,9 +1,12 @@
 """Screening: the threshold learns from the run's own fine-tuning gains; a hopeless candidate stops before fine-tuning."""
 from __future__ import annotations
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from pruners import prune
+from search.backends.optuna_backend import record_screened
 from search.recover import ScreenedOut, recover
 from search.screening import MARGIN, RANK_MARGIN, screening_bar, stop_below
 
@@ -49,3 +52,15 @@ def test_recover_keeps_the_better_of_recalibrated_and_finetuned(digits) -> None:
     model = prune(digits.model, digits.example_inputs, method="channel", sparsity=0.5)
     recovery = recover(model, digits, epochs=0.5, lr=0.02, stop_below=0.0)
     assert recovery.accuracy == max(recovery.accuracy_before_finetune, recovery.accuracy_after_finetune)
+
+
+def test_a_screened_trial_is_pruned_with_constraints_from_its_screened_accuracy() -> None:
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    trial = study.ask()
+    attrs = {"accuracy": 0.30, "accuracy_before_finetune": 0.30, "accuracy_loss": 0.62, "fitted_ratio": 0.24,
+             "stopped_reason": "screened"}
+    record_screened(trial, attrs, budget=0.25, epsilon=0.01)
+    study.tell(trial, state=TrialState.PRUNED)
+    frozen = study.trials[0]
+    assert frozen.state == TrialState.PRUNED and frozen.user_attrs["accuracy_before_finetune"] == 0.30
+    assert frozen.constraints == pytest.approx({"accuracy_loss": 0.62 - 0.01, "cost_ratio": 0.24 - 0.25})

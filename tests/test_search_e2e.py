@@ -39,7 +39,8 @@ def test_run_folder_follows_the_contract(finished_run: Path) -> None:
         assert (finished_run / name).is_file(), name
     pareto = json.loads((finished_run / "pareto.json").read_text())
     assert set(pareto) == CONTRACT_KEYS
-    assert pareto["trials"] == {"complete": 8, "pruned": 0, "failed": 0}
+    assert pareto["trials"]["complete"] + pareto["trials"]["pruned"] == 8 and pareto["trials"]["failed"] == 0
+    assert pareto["trials"]["complete"] >= 4  # screening stops nothing before four fine-tuned trials
     assert set(pareto["dense"]) >= {"accuracy", "test_accuracy", "flops", "params", "latency_ms"}
     assert pareto["pareto"] and all(MODEL_KEYS <= set(m) for m in pareto["pareto"])
     assert all(m["test_accuracy"] is not None for m in pareto["pareto"])  # Pareto models get a test accuracy
