@@ -28,6 +28,8 @@ from ray.cluster_utils import Cluster  # noqa: E402 - the imports from here on n
 from search.backends.ray_search import RELAUNCHES, StudySearch  # noqa: E402
 from search.backends.ray_trial import META_KEY, SCREENED_KEY  # noqa: E402
 
+SCREENED = {"accuracy": 0.1, "accuracy_loss": 0.89, "fitted_ratio": 0.5}  # what a screened-out trial reports
+
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # TPE's group option
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 TARGET = "target_device"  # the custom resource only the worker node advertises
@@ -216,7 +218,7 @@ def test_the_searcher_waits_for_running_trials_then_ends_the_search(digits, cach
     assert search.suggest("a") and search.suggest("b")
     assert search.suggest("c") is None  # the two running trials would make --trials 2
     for trial_id in ("a", "b"):
-        search.on_trial_complete(trial_id, {SCREENED_KEY: json.dumps({"accuracy": 0.0})})
+        search.on_trial_complete(trial_id, {SCREENED_KEY: json.dumps(SCREENED)})
     assert search.suggest("d") == search.FINISHED
 
 
@@ -232,7 +234,7 @@ def test_a_point_tune_gave_up_on_runs_again_until_it_was_lost_too_often(digits, 
             trial_id = next(names)
             if _point(search.suggest(trial_id)) == lost:
                 break
-            search.on_trial_complete(trial_id, {SCREENED_KEY: json.dumps({"accuracy": 0.0})})
+            search.on_trial_complete(trial_id, {SCREENED_KEY: json.dumps(SCREENED)})
     runs = [t for t in study.get_trials() if _point(t.params) == lost]
     assert [t.state for t in runs] == [TrialState.FAIL] * (RELAUNCHES + 1)
     assert [t.user_attrs["failure"] for t in runs[:-1]] == [INTERRUPTED] * RELAUNCHES  # not counted, run again
