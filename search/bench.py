@@ -20,17 +20,15 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import torch
 from scipy.stats import spearmanr
 
 from reports import TrialRecord, load_records
 from search.config import ConfigError, RunConfig, parse_config
-from search.final import final_finetune
+from search.finalize import refinetune
 from search.reference import measure_dense
 from search.run import configure_logging, finish, prepare, run_backend
 from search.study import storage_url
 from search.workloads import WorkloadError, build_workload
-from spaces import Policy
 
 log = logging.getLogger("search.bench")
 STRUCTURED = ("channel", "layer")
@@ -119,9 +117,7 @@ def _baseline_row(pick: TrialRecord | None, workload, dense, config: RunConfig) 
     if pick is None or pick.policy is None:
         return None
     started = time.perf_counter()
-    torch.manual_seed(config.seed + pick.number)
-    final = final_finetune(workload, dense, Policy.from_json(pick.policy), epochs=config.final_epochs,
-                           device=config.device, threads=config.threads, batch_size=config.batch_size)
+    final = refinetune(pick, workload, dense, config)
     return {"accuracy": final.accuracy, "test_accuracy": final.test_accuracy, "flops_ratio": final.flops_ratio,
             "latency_ratio": final.latency_ratio, "seconds": (pick.seconds or 0.0) + time.perf_counter() - started,
             "trial": pick.number, "method": pick.method}

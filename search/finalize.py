@@ -13,10 +13,13 @@ import torch
 
 from reports import TrialRecord, pareto_front
 from reports.records import FINAL_ATTR, load_records
-from search.final import final_finetune
+from search.config import RunConfig
+from search.final import FinalModel, final_finetune
+from search.reference import DenseReference
 from search.study import record_test_accuracy, storage_url
 from search.training import evaluate
 from search.trial import TrialContext, save_model
+from search.workloads import Workload
 from spaces import Policy
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,13 @@ def final_candidates(records: list[TrialRecord], budget: float) -> list[TrialRec
             if r.policy and r.cost_ratio is not None and r.cost_ratio <= budget + 1e-9]
 
 
+def refinetune(record: TrialRecord, workload: Workload, dense: DenseReference, config: RunConfig) -> FinalModel:
+    """Re-prune a trial from its policy and fine-tune it for config.final_epochs, seeded by the trial's number."""
+    torch.manual_seed(config.seed + record.number)
+    return final_finetune(workload, dense, Policy.from_json(record.policy), epochs=config.final_epochs,
+                          device=config.device, threads=config.threads, batch_size=config.batch_size)
+
+
 def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None = None) -> None:
     """Re-prune each candidate from its policy and fine-tune it for --final-epochs (only the `limit` most accurate,
     when given); each result is stored as it ends, so an interrupted stage resumes where it stopped."""
@@ -47,9 +57,7 @@ def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None
         log.info("final fine-tune %d/%d: trial %d (%s, cost ratio %.3f, val %.4f) for %g epochs", index, len(todo),
                  record.number, record.method, record.cost_ratio, record.accuracy, epochs)
         started = time.perf_counter()
-        torch.manual_seed(config.seed + record.number)
-        final = final_finetune(ctx.workload, ctx.dense, Policy.from_json(record.policy), epochs=epochs,
-                               device=config.device, threads=config.threads, batch_size=config.batch_size)
+        final = refinetune(record, ctx.workload, ctx.dense, config)
         relative = final_model_path(record.number)
         save_model(final.model, ctx.run_dir / relative)
         entry = {"epochs": epochs, "accuracy": final.accuracy, "accuracy_loss": ctx.dense.accuracy - final.accuracy,
