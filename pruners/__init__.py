@@ -6,15 +6,20 @@ from . import channel, global_magnitude, layer, magnitude, nm  # noqa: F401 - re
 from .api import prune
 from .graph import output_layers
 from .groups import PrunableGroup, prunable_groups
+from .layer import removable_blocks
 from .masks import bake
-from .registry import available_methods, criteria_for
+from .registry import Method, available_methods, criteria_for, faster_methods, get_method
 
 __all__ = [
+    "Method",
     "PrunableGroup",
     "available_methods",
     "bake",
     "criteria_for",
+    "faster_methods",
+    "get_method",
     "output_layers",
     "prunable_groups",
     "prune",
+    "removable_blocks",
 ]

@@ -10,10 +10,11 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .criteria import CHANNEL_CRITERIA, check_calibration, clean_signals, gather_signals, make_importance
+from .criteria import CALIBRATED, CHANNEL_CRITERIA, SEARCH_CRITERIA, check_calibration, clean_signals, gather_signals, make_importance
 from .fallback import by_parts
 from .fixups import fix_attributes
 from .graph import build_graph, forward, traceable
+from .layer import remove_blocks
 from .groups import ROOT_TYPES, PrunableGroup, groups_of, protected_layers
 from .masks import bake
 from .registry import Sparsity, register
@@ -22,23 +23,30 @@ from .sparsity import check_layer_keys
 log = logging.getLogger(__name__)
 
 
-@register("channel", criteria=CHANNEL_CRITERIA, options=("round_to", "global_pruning", "calibration"))
+@register("channel", criteria=CHANNEL_CRITERIA, options=("round_to", "global_pruning", "calibration", "blocks"),
+          knob="per_group", removes_work=True, search_criteria=SEARCH_CRITERIA, calibrated=CALIBRATED,
+          global_ranking=True)
 def channel(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, criterion: str,
             round_to: int | None = None, global_pruning: bool = False,
-            calibration: tuple[torch.Tensor, torch.Tensor] | None = None) -> nn.Module:
+            calibration: tuple[torch.Tensor, torch.Tensor] | None = None, blocks: int = 0) -> nn.Module:
     """Remove the least important channels of every prunable group.
 
     A float prunes that fraction of each group (or, with global_pruning, of all channels ranked
     together: Torch-Pruning's global ranking). A dict maps layer names to ratios: any layer in a
     group's out_layers sets that group's ratio; when members of one group disagree the largest wins.
     Unlisted groups are left whole. `round_to` keeps widths multiples of it; `calibration` is the
-    (inputs, labels) batch that the `taylor` and `activation` criteria need. Parts of a model that
+    (inputs, labels) batch that the `taylor` and `activation` criteria need. `blocks` first removes that many
+    residual blocks (layer pruning, l1 ranking): depth and width pruned together, which at small batch sizes cuts
+    time that thinner layers cannot, since every layer pays a fixed launch cost. Parts of a model that
     torch-pruning cannot trace are pruned piecewise or skipped (see fallback.py), with a warning.
     """
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise ValueError(f"round_to={round_to!r} is invalid; use a positive int or None")
     calibration = check_calibration(criterion, calibration)
     check_layer_keys(model, sparsity)
+    removed = remove_blocks(model, example_inputs, blocks)
+    if removed and isinstance(sparsity, dict):
+        sparsity = {k: r for k, r in sparsity.items() if not any(k == b or k.startswith(b + ".") for b in removed)}
     bake(model)
     plan = _Plan(make_importance(criterion), sparsity, bool(global_pruning), _round_to(model, round_to))
     with traceable(model):

@@ -10,6 +10,7 @@ from .graph import forward
 
 CALIBRATED = ("taylor", "activation")
 CHANNEL_CRITERIA = ("l1", "l2", "bn_scale", "taylor", "activation", "fpgm", "random")
+SEARCH_CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "taylor", "activation")  # random is a control, not a choice
 
 Calibration = tuple[torch.Tensor, torch.Tensor]
 

@@ -12,7 +12,8 @@ from .registry import Sparsity, register
 log = logging.getLogger(__name__)
 
 
-@register("global_magnitude", criteria=("l1",), options=("max_layer_sparsity",))
+@register("global_magnitude", criteria=("l1",), options=("max_layer_sparsity",), knob="scalar",
+          sparse_runtime="unstructured sparse kernels (none in dense PyTorch)")
 def global_magnitude(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, criterion: str,
                      max_layer_sparsity: float = 0.95) -> nn.Module:
     """Zero the globally smallest |w| until `sparsity` of all weights are gone, no layer beyond the cap.

@@ -105,7 +105,8 @@ def block_scores(model: nn.Module, blocks: list[str], criterion: str, inputs: to
     return {b: sums.get(b, 0.0) for b in blocks}
 
 
-@register("layer", criteria=LAYER_CRITERIA, options=("blocks", "calibration"))
+@register("layer", criteria=LAYER_CRITERIA, options=("blocks", "calibration"), knob="scalar", removes_work=True,
+          search_criteria=("l1",), calibrated=("activation",))
 def layer(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, criterion: str,
           blocks: int | None = None, calibration: Calibration | torch.Tensor | None = None) -> nn.Module:
     """Replace the least important removable blocks by nn.Identity.
@@ -122,14 +123,24 @@ def layer(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, cr
     if not candidates:
         log.warning("layer: the model has no removable residual blocks; nothing removed")
     count = int(sparsity * len(candidates) + 0.5) if blocks is None else blocks
+    remove_blocks(model, example_inputs, count, criterion, calibration, candidates)
+    return model
+
+
+def remove_blocks(model: nn.Module, example_inputs: torch.Tensor, count: int, criterion: str = "l1",
+                  calibration: Calibration | torch.Tensor | None = None, candidates: list[str] | None = None
+                  ) -> list[str]:
+    """Replace the `count` least important removable blocks of `model` by nn.Identity; returns their names."""
+    candidates = removable_blocks(model, example_inputs) if candidates is None else candidates
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(candidates):
-        raise ValueError(f"blocks={blocks!r} is invalid; use an int in [0, {len(candidates)}] for this model")
+        raise ValueError(f"blocks={count!r} is invalid; use an int in [0, {len(candidates)}] for this model")
     if count == 0:
-        return model
+        return []
     inputs = calibration[0] if isinstance(calibration, tuple) else calibration
     scores = block_scores(model, candidates, criterion, example_inputs if inputs is None else inputs)
-    for name in sorted(candidates, key=scores.__getitem__)[:count]:
+    removed = sorted(candidates, key=scores.__getitem__)[:count]
+    for name in removed:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, nn.Identity())
         log.info("layer: replaced block %s by nn.Identity", name)
-    return model
+    return removed

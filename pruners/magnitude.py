@@ -10,7 +10,8 @@ from .registry import Sparsity, register
 from .sparsity import layer_ratios
 
 
-@register("magnitude", criteria=("l1",))
+@register("magnitude", criteria=("l1",), knob="per_group",
+          sparse_runtime="unstructured sparse kernels (none in dense PyTorch)")
 def magnitude(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, criterion: str) -> nn.Module:
     """Keep W' = {w : |w| > tau_l} with tau_l set so each layer loses its ratio of weights (a dict is per layer)."""
     layers, protected = maskable_layers(model, example_inputs)

@@ -18,7 +18,8 @@ from .sparsity import layer_ratios
 log = logging.getLogger(__name__)
 
 
-@register("nm", criteria=("l1",), options=("n", "m"))
+@register("nm", criteria=("l1",), options=("n", "m"), knob="pattern",
+          sparse_runtime="2:4 sparse tensor cores (torch.sparse.to_sparse_semi_structured, NVIDIA Ampere or newer)")
 def nm(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, criterion: str,
        n: int = 2, m: int = 4) -> nn.Module:
     """Keep the N largest |w| of every M along the input dimension of each conv/linear."""

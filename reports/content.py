@@ -87,7 +87,27 @@ def _run_section(inputs: ReportInputs) -> Section:
         rows.append(["stopped early because", _reasons(stopped)])
     paragraphs = ["\"Stopped early\" is Optuna's early stop of a hopeless trial (Optuna calls it pruning); "
                   "it has nothing to do with pruning weights."] if stopped else []
+    rows.append(["latency table", _table_text(info, trials)])
     return Section("Run", paragraphs, Table(["", "value"], rows))
+
+
+def prediction_errors(trials: list[TrialRecord]) -> list[float]:
+    """|predicted - measured| / measured latency ratio of every complete trial that has both."""
+    return [abs(t.predicted_latency_ratio - t.latency_ratio) / t.latency_ratio for t in trials
+            if t.is_complete and t.predicted_latency_ratio is not None and t.latency_ratio]
+
+
+def _table_text(info: RunInfo, trials: list[TrialRecord]) -> str:
+    """The latency table in one line: what it modelled, where, and its median prediction error in this run."""
+    table = info.latency_table
+    if not table:
+        return "none: the per-layer latency table could not model this network"
+    errors = sorted(prediction_errors(trials))
+    median = f"{100 * errors[len(errors) // 2]:.1f}%" if errors else fmt.MISSING
+    return (f"{table.get('layers')} layers in {table.get('signatures')} shapes on {table.get('device')}, batch "
+            f"{table.get('batch_size')}, {table.get('threads')} threads, explaining {100 * table.get('coverage', 0):.0f}% "
+            f"of the dense time; median |predicted - measured| / measured latency ratio {median} over "
+            f"{len(errors)} trials")
 
 
 def _signed_points(pick: float | None, dense: float | None) -> str:
@@ -108,7 +128,7 @@ def _dense_pick_table(info: RunInfo, best: TrialRecord | None) -> Table:
     rows = [
         ["validation accuracy", fmt.percent(dense.get("accuracy"))],
         ["test accuracy", fmt.percent(dense.get("test_accuracy"))],
-        ["FLOPs", fmt.count(dense.get("flops"))],
+        [fmt.flops_name(best.method if best else None), fmt.count(dense.get("flops"))],
         ["params", fmt.count(dense.get("params"))],
         ["size", fmt.size(dense.get("size_bytes"))],
         ["latency p50", fmt.millis(dense.get("latency_ms"))],
@@ -157,6 +177,11 @@ def _pick_section(inputs: ReportInputs) -> Section:
         f"validation accuracy {fmt.percent(best.accuracy)} (loss {fmt.points(best.accuracy_loss)}, "
         f"epsilon {fmt.points(info.epsilon)}), test accuracy {fmt.percent(best.test_accuracy)}."
     ]
+    if best.latency_ratio_p10 is not None:
+        paragraphs.append(f"Its latency ratio was re-measured after the search with many more rounds: "
+                          f"{fmt.ratio(best.latency_ratio)} (p10-p90 over rounds {fmt.ratio(best.latency_ratio_p10)}"
+                          f"-{fmt.ratio(best.latency_ratio_p90)}); a model whose re-measured ratio misses the budget "
+                          "is not the pick.")
     flag = fmt.latency_flag(best)
     if flag:
         paragraphs.append(f"Note: the pick is {flag}.")
@@ -183,22 +208,38 @@ def _pareto_notes(record: TrialRecord, inputs: ReportInputs) -> str:
     return "; ".join(notes)
 
 
+def _flops_ratio(record: TrialRecord) -> str:
+    """The FLOPs ratio, marked "(nonzero)" for a masked model: its zeros are skipped only by sparse kernels."""
+    text = fmt.ratio(record.flops_ratio)
+    return f"{text} (nonzero)" if fmt.is_masked(record.method) and record.flops_ratio is not None else text
+
+
+def _batch_ratio(record: TrialRecord, batch: str) -> str:
+    entry = (record.latency_by_batch or {}).get(batch) or {}
+    return fmt.ratio(entry.get("latency_ratio"))
+
+
 def _pareto_section(inputs: ReportInputs) -> Section:
-    headers = ["trial", "label", "method", "val acc", "test acc", "loss", "cost ratio",
-               "FLOPs ratio", "latency ratio", "params ratio", "note"]
+    batch = str(inputs.info.latency_setup.get("batch_size", 1))
+    other = sorted({b for r in inputs.front for b in (r.latency_by_batch or {}) if b != batch}, key=int)
+    headers = ["trial", "label", "method", "val acc", "test acc", "loss", "cost ratio", "FLOPs ratio",
+               "predicted latency ratio", f"latency ratio (batch {batch})",
+               *(f"latency ratio (batch {b})" for b in other), "params ratio", "note"]
     rows = [
         [str(r.number), r.label or "search", r.method or fmt.MISSING, fmt.percent(r.accuracy),
          fmt.percent(r.test_accuracy), fmt.points(r.accuracy_loss), fmt.ratio(r.cost_ratio),
-         fmt.ratio(r.flops_ratio), fmt.ratio(r.latency_ratio), fmt.ratio(r.params_ratio),
-         _pareto_notes(r, inputs)]
+         _flops_ratio(r), fmt.ratio(r.predicted_latency_ratio), fmt.ratio(r.latency_ratio),
+         *(_batch_ratio(r, b) for b in other), fmt.ratio(r.params_ratio), _pareto_notes(r, inputs)]
         for r in inputs.front
     ]
     if not rows:
         return Section("Pareto front", ["No trial has completed, so there is no Pareto front yet."])
     paragraphs = [
         f"{len(rows)} complete trials are not dominated in (cost ratio, validation accuracy); cheapest first. "
-        "Test accuracy is measured only for these models. FLOPs and latency ratios sit side by side "
-        "because fewer FLOPs do not always mean less time."
+        "Test accuracy is measured only for these models. FLOPs, predicted and measured latency ratios sit side by "
+        "side because fewer FLOPs do not always mean less time; latency is timed interleaved with dense at the "
+        f"search's batch size ({batch}) and, for these models, at {', '.join(other) or 'no other'} too. A masked "
+        "model's FLOPs are nonzero FLOPs: dense kernels still compute its zeros."
     ]
     finals = [r for r in inputs.front if r.final_epochs is not None]
     if finals:

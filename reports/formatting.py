@@ -4,15 +4,11 @@ from __future__ import annotations
 
 from optuna.trial import TrialState
 
+from pruners import available_methods, get_method
 from reports.records import TrialRecord
 
 MISSING = "—"
 NOT_FASTER_RATIO = 0.95
-MASKED_REASONS = {
-    "magnitude": "masked (unstructured) weights cut FLOPs but, without sparse kernels, not time",
-    "global_magnitude": "masked (unstructured) weights cut FLOPs but, without sparse kernels, not time",
-    "nm": "N:M masked weights cut FLOPs but, without sparse-tensor kernels, not time",
-}
 STATE_NAMES = {
     TrialState.COMPLETE: "complete",
     TrialState.PRUNED: "stopped_early",
@@ -60,13 +56,25 @@ def size(num_bytes: int | None) -> str:
     return f"{value:.1f} GiB"
 
 
+def is_masked(method: str | None) -> bool:
+    """The method masks weights (their FLOPs are nonzero FLOPs, not work that dense kernels skip)."""
+    return method in available_methods() and get_method(method).masked
+
+
+def flops_name(method: str | None) -> str:
+    """"nonzero FLOPs" for a masked model, "FLOPs" otherwise."""
+    return "nonzero FLOPs" if is_masked(method) else "FLOPs"
+
+
 def latency_flag(record: TrialRecord) -> str | None:
     """A warning in words when a model is not measurably faster than dense (latency ratio >= 0.95)."""
     if record.latency_ratio is None or record.latency_ratio < NOT_FASTER_RATIO:
         return None
-    reason = MASKED_REASONS.get(record.method or "")
     flag = f"not measurably faster than dense (latency ratio {record.latency_ratio:.2f})"
-    return f"{flag}: {reason}" if reason else flag
+    if not is_masked(record.method):
+        return flag
+    return (f"{flag}: masked weights cut nonzero FLOPs but not time without "
+            f"{get_method(str(record.method)).sparse_runtime}")
 
 
 def trial_name(record: TrialRecord) -> str:

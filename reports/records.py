@@ -33,6 +33,7 @@ class RunInfo:
     latency_setup: dict[str, Any]
     config: dict[str, Any]
     space: dict[str, Any]
+    latency_table: dict[str, Any] | None = None  # search.measure.latency_table.LatencyTable.describe()
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,12 @@ class TrialRecord:
     screen_seconds: float | None = None
     search_accuracy: float | None = None  # validation accuracy at search time, when a final fine-tune replaced it
     final_epochs: float | None = None
+    predicted_latency_ratio: float | None = None  # the latency table's prediction for this model
+    fitted_ratio: float | None = None  # the cost ratio the trial was fitted to (predicted latency with --cost latency)
+    target: float | None = None  # the cost-ratio target the trial was sampled at
+    latency_by_batch: dict[str, Any] | None = None  # {"1": {...}, "64": {...}}: Pareto models at both batch regimes
+    latency_ratio_p10: float | None = None  # spread over rounds of the pick's re-measured ratio (--cost latency)
+    latency_ratio_p90: float | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -115,9 +122,11 @@ def _policy(value: Any) -> dict[str, Any] | None:
 
 TEST_ACCURACY_ATTR = "test_accuracy"  # study attr {trial number: accuracy}: finished trials cannot take new attrs
 FINAL_ATTR = "final"  # study attr {trial number: metrics after the final fine-tune (search --final-epochs)}
+BATCHES_ATTR = "latency_by_batch"  # study attr {trial number: {batch size: latency stats and ratio}}
+REMEASURED_ATTR = "remeasured"  # study attr {trial number: the pick's latency ratio re-measured with more rounds}
 FINAL_FIELDS = ("accuracy", "accuracy_loss", "test_accuracy", "flops", "params", "size_bytes", "latency_ms",
                 "latency_p90_ms", "dense_latency_ms", "flops_ratio", "params_ratio", "latency_ratio", "cost_ratio",
-                "model_path")
+                "model_path", "predicted_latency_ratio")
 
 
 def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = None) -> TrialRecord:
@@ -158,6 +167,9 @@ def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = 
         stopped_reason=_str(attrs.get("stopped_reason")),
         seconds=_float(attrs.get("seconds")),
         screen_seconds=_float(attrs.get("screen_seconds")),
+        predicted_latency_ratio=_float(attrs.get("predicted_latency_ratio")),
+        fitted_ratio=_float(attrs.get("fitted_ratio")),
+        target=_float(attrs.get("target")),
     )
 
 
@@ -168,6 +180,19 @@ def with_final(record: TrialRecord, final: dict[str, Any] | None) -> TrialRecord
     merged = trial_record_fields(final)
     return replace(record, **{k: v for k, v in merged.items() if v is not None},
                    search_accuracy=record.accuracy, final_epochs=_float(final.get("epochs")))
+
+
+def with_latency_checks(record: TrialRecord, batches: dict[str, Any] | None, remeasured: dict[str, Any] | None,
+                        cost_metric: str) -> TrialRecord:
+    """The record with its latency at both batch regimes, and, re-measured (--cost latency), the longer timing's
+    ratio and spread in place of the trial's own (and as its cost). Each check holds for the model file it timed."""
+    if batches and batches.get("model_path") == record.model_path:
+        record = replace(record, latency_by_batch=batches.get("batches"))
+    if not remeasured or remeasured.get("model_path") != record.model_path:
+        return record
+    ratio = _float(remeasured.get("latency_ratio"))
+    return replace(record, latency_ratio=ratio, cost_ratio=ratio if cost_metric == "latency" else record.cost_ratio,
+                   latency_ratio_p10=_float(remeasured.get("p10")), latency_ratio_p90=_float(remeasured.get("p90")))
 
 
 def trial_record_fields(attrs: dict[str, Any]) -> dict[str, Any]:
@@ -191,6 +216,7 @@ def run_info(attrs: dict[str, Any]) -> RunInfo:
         latency_setup=dict(attrs.get("latency_setup") or {}),
         config=dict(attrs.get("config") or {}),
         space=dict(attrs.get("space") or {}),
+        latency_table=attrs.get("latency_table"),
     )
 
 
@@ -203,7 +229,12 @@ def load_records(storage: str, study_name: str = "search", final: bool = True) -
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError as error:
         raise ReportError(f"no study named {study_name!r} in {storage}") from error
-    tested = study.user_attrs.get(TEST_ACCURACY_ATTR) or {}
-    finals = (study.user_attrs.get(FINAL_ATTR) or {}) if final else {}
-    trials = [with_final(trial_record(t, tested), finals.get(str(t.number))) for t in study.get_trials(deepcopy=False)]
-    return StudyRecords(info=run_info(study.user_attrs), trials=trials)
+    attrs = study.user_attrs
+    info = run_info(attrs)
+    tested = attrs.get(TEST_ACCURACY_ATTR) or {}
+    finals = (attrs.get(FINAL_ATTR) or {}) if final else {}
+    batches, remeasured = attrs.get(BATCHES_ATTR) or {}, (attrs.get(REMEASURED_ATTR) or {}) if final else {}
+    trials = [with_latency_checks(with_final(trial_record(t, tested), finals.get(str(t.number))),
+                                  batches.get(str(t.number)), remeasured.get(str(t.number)), info.cost_metric)
+              for t in study.get_trials(deepcopy=False)]
+    return StudyRecords(info=info, trials=trials)

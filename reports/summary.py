@@ -7,6 +7,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from reports.formatting import is_masked
 from reports.records import RunInfo, TrialRecord
 
 DENSE_KEYS = ("accuracy", "test_accuracy", "flops", "params", "latency_ms")
@@ -34,6 +35,11 @@ def model_entry(record: TrialRecord) -> dict[str, Any]:
         "dense_latency_ms": record.dense_latency_ms,
         "search_accuracy": record.search_accuracy,
         "final_epochs": record.final_epochs,
+        "nonzero_flops": record.flops if is_masked(record.method) else None,
+        "predicted_latency_ratio": record.predicted_latency_ratio,
+        "latency_by_batch": record.latency_by_batch,
+        "latency_ratio_p10": record.latency_ratio_p10,
+        "latency_ratio_p90": record.latency_ratio_p90,
     }
 
 

@@ -7,13 +7,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pruners import available_methods, faster_methods
 from search.workloads.cache import default_cache_dir
 
 COST_METRICS = ("flops", "latency", "params")
 SAMPLERS = ("tpe", "nsga2", "random")
 BACKENDS = ("optuna", "ray")
 DEVICES = ("cpu", "cuda")
-DEFAULT_METHODS = ("magnitude", "global_magnitude", "channel")
+DEFAULT_METHODS = tuple(faster_methods())  # what runs faster with dense kernels: masked methods are opt-in
 
 
 class ConfigError(ValueError):
@@ -33,7 +34,8 @@ class RunConfig:
     timeout: float | None = None
     finetune_epochs: float = 0.15
     target_floor: float = 0.6  # the lowest cost target a trial aims at, as a fraction of the budget
-    final_epochs: float = 0.0  # after the search: longer fine-tune of the Pareto models within budget; 0 = none
+    final_epochs: float = 1.5  # after the search: longer fine-tune of Pareto models within budget; 0 = none
+    finalists: int | None = 3  # at most this many get it (None: every one), bisecting toward the cheapest feasible
     sampler: str = "tpe"
     backend: str = "optuna"
     address: str | None = None
@@ -85,6 +87,18 @@ def _positive(flag: str, kind: type):  # noqa: ANN202 - argparse type
     return parse
 
 
+def _count(flag: str):  # noqa: ANN202 - argparse type
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {text!r} is not a whole number") from None
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{flag} {text} must be 0 or more")
+        return value
+    return parse
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises ConfigError (one line, exit 2 at the CLI) instead of printing usage."""
 
@@ -103,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="largest allowed drop in validation accuracy, absolute fraction; default 0.01 (one point)")
     parser.add_argument("--cost", choices=COST_METRICS, default=RunConfig.cost, help="what the budget bounds; default flops")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help="comma-separated pruning methods to search over (magnitude, global_magnitude, channel, layer, nm)")
+                        help=f"comma-separated pruning methods to search over, of {', '.join(available_methods())} "
+                             f"(default {','.join(DEFAULT_METHODS)}: those that run faster with dense kernels)")
     parser.add_argument("--trials", type=_positive("--trials", int), default=RunConfig.trials, help="trials in the study")
     parser.add_argument("--timeout", type=_positive("--timeout", float), default=None,
                         help="stop starting new trials after this many seconds")
@@ -116,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--final-epochs", type=_fraction("--final-epochs", 0, 1000, False, True),
                         default=RunConfig.final_epochs,
                         help="after the search, re-prune every Pareto model within budget and fine-tune it this many "
-                             "epochs; the pick is made on these (default 0: no final fine-tune)")
+                             f"epochs; the pick is made on these (default {RunConfig.final_epochs:g}; 0: none)")
+    parser.add_argument("--finalists", type=_count("--finalists"), default=RunConfig.finalists,
+                        help="at most this many Pareto models get the final fine-tune, chosen by bisection toward the "
+                             "cheapest one that meets epsilon after it (default 3; 0: every one within budget)")
     parser.add_argument("--sampler", choices=SAMPLERS, default=RunConfig.sampler)
     parser.add_argument("--backend", choices=BACKENDS, default=RunConfig.backend)
     parser.add_argument("--address", default=None, help="Ray cluster address for --backend ray")
@@ -143,7 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv: list[str] | None = None) -> RunConfig:
     """Parse and validate the command line; raises ConfigError with a one-line message."""
     args = build_parser().parse_args(argv)
-    from pruners import available_methods
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in available_methods()]
     if not methods or unknown:
@@ -167,7 +184,8 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
     return RunConfig(
         workload=args.workload, budget=args.budget, epsilon=args.epsilon, cost=args.cost, methods=methods,
         trials=args.trials, timeout=args.timeout, finetune_epochs=args.finetune_epochs,
-        target_floor=args.target_floor, final_epochs=args.final_epochs, sampler=args.sampler,
+        target_floor=args.target_floor, final_epochs=args.final_epochs, finalists=args.finalists or None,
+        sampler=args.sampler,
         backend=args.backend, address=args.address, workers=args.workers,
         cpus_per_trial=args.cpus_per_trial or RunConfig.cpus_per_trial, gpus_per_trial=gpus, latency_on=args.latency_on,
         device=args.device, seed=args.seed,

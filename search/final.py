@@ -6,15 +6,13 @@ from typing import Any
 
 from torch import nn
 
-from pruners import bake, prune
+from pruners import bake, get_method, prune
 from search.recover import recover
+from search.measure.latency_table import LatencyTable
 from search.reference import DenseReference, measure_against_dense
 from search.training import evaluate
 from search.workloads import Workload
 from spaces import Policy
-
-CALIBRATED_CRITERIA = ("taylor", "activation")
-
 
 @dataclass
 class FinalModel:
@@ -34,17 +32,18 @@ class FinalModel:
         return float(self.measured["latency_ratio"])
 
 
-def calibration_options(workload: Workload, criterion: str) -> dict:
-    """The labelled batch that the taylor and activation criteria rank channels with."""
-    return {"calibration": next(iter(workload.calibration))} if criterion in CALIBRATED_CRITERIA else {}
+def calibration_options(workload: Workload, method: str, criterion: str) -> dict:
+    """The labelled batch that data-driven criteria (the method's `calibrated` ones) rank with."""
+    return {"calibration": next(iter(workload.calibration))} if criterion in get_method(method).calibrated else {}
 
 
 def final_finetune(workload: Workload, dense: DenseReference, policy: Policy, *, epochs: float, device: str = "cpu",
-                   threads: int | None = None, batch_size: int = 1) -> FinalModel:
+                   threads: int | None = None, batch_size: int = 1, table: LatencyTable | None = None) -> FinalModel:
     """Prune the dense model by `policy`, recover it for `epochs`, and measure it against dense."""
     model = prune(workload.model, workload.example_inputs, **policy.prune_kwargs(),
-                  **calibration_options(workload, policy.criterion))
+                  **calibration_options(workload, policy.method, policy.criterion))
     recovery = recover(model, workload, epochs=epochs, lr=policy.finetune_lr, device=device, distill=policy.distill)
     model = bake(model.cpu().eval())
-    measured = measure_against_dense(model, workload, dense, device=device, threads=threads, batch_size=batch_size)
+    measured = measure_against_dense(model, workload, dense, device=device, threads=threads, batch_size=batch_size,
+                                     table=table)
     return FinalModel(model, recovery.accuracy, evaluate(model, workload.test, device), measured)

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pruners import prune
+from pruners import get_method, prune
 from spaces import Policy, SearchSpace
 from spaces.space import MAX_SPARSITY, ROUND_TO
 
@@ -18,7 +18,7 @@ MAX_STEPS = 6
 
 @dataclass
 class FittedModel:
-    """A pruned model, the policy that made it, and its measured cost ratio (FLOPs or params)."""
+    """A pruned model, the policy that made it, and its cost ratio as fitted (FLOPs, params, or predicted latency)."""
 
     model: nn.Module
     policy: Policy
@@ -36,7 +36,7 @@ def fit_to_target(dense: nn.Module, example_inputs: torch.Tensor, space: SearchS
         model = prune(dense, example_inputs, **policy.prune_kwargs(), **extra)
         return FittedModel(model, policy, measure_ratio(model))
 
-    if params["method"] == "nm":
+    if get_method(params["method"]).knob == "pattern":
         return attempt(0.0)
     level = space.initial_level(params, target)
     first = attempt(level)
@@ -62,18 +62,18 @@ def fit_to_target(dense: nn.Module, example_inputs: torch.Tensor, space: SearchS
 
 
 def unreachable_methods(dense: nn.Module, example_inputs: torch.Tensor, methods: tuple[str, ...], budget: float,
-                      measure_ratio: Callable[[nn.Module], float]) -> dict[str, float]:
-    """Methods whose hardest pruning still misses the budget, with the least ratio they reach: only `layer` can
-    (it removes whole blocks, and a network keeps its unremovable ones); the others go as low as asked."""
-    if "layer" not in methods:
-        return {}
-    floor = measure_ratio(prune(dense, example_inputs, method="layer", sparsity=MAX_SPARSITY))
-    return {"layer": floor} if floor > budget else {}
+                        measure_ratio: Callable[[nn.Module], float]) -> dict[str, float]:
+    """Methods whose hardest pruning still misses the budget, with the least ratio they reach: `layer` keeps a
+    network's unremovable blocks, and in latency a masked method stays at dense speed."""
+    floors = {method: measure_ratio(prune(dense, example_inputs, method=method, sparsity=MAX_SPARSITY))
+              for method in methods if get_method(method).knob != "pattern"}
+    return {method: floor for method, floor in floors.items() if floor > budget}
 
 
-def reachable_round_to(dense: nn.Module, example_inputs: torch.Tensor, budget: float,
+def reachable_round_to(dense: nn.Module, example_inputs: torch.Tensor, methods: tuple[str, ...], budget: float,
                        measure_ratio: Callable[[nn.Module], float]) -> tuple[int, ...]:
-    """The round_to values whose hardest uniform channel pruning reaches the budget: widths kept in multiples of 8
-    cannot take a 16-channel stage below 8, which may leave the whole network over a small budget."""
-    return tuple(r for r in ROUND_TO if r == 1 or measure_ratio(
-        prune(dense, example_inputs, method="channel", sparsity=MAX_SPARSITY, criterion="l1", round_to=r)) <= budget)
+    """The round_to values whose hardest uniform pruning reaches the budget with every method that rounds widths:
+    widths kept in multiples of 8 cannot take a 16-channel stage below 8, which may leave a network over budget."""
+    rounding = [m for m in methods if "round_to" in get_method(m).options]
+    return tuple(r for r in ROUND_TO if r == 1 or any(measure_ratio(
+        prune(dense, example_inputs, method=m, sparsity=MAX_SPARSITY, round_to=r)) <= budget for m in rounding))

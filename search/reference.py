@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from torch import nn
 
 from search.measure import compare_latency, count_flops, count_params, latency, model_size_bytes
+from search.measure.latency_table import LatencyTable
 from search.training import evaluate
 from search.workloads import Workload
 
@@ -40,8 +41,10 @@ def measure_dense(workload: Workload, *, device: str, threads: int | None, batch
 
 
 def measure_against_dense(model: nn.Module, workload: Workload, dense: DenseReference, *, device: str,
-                          threads: int | None, batch_size: int) -> dict[str, float | int]:
-    """FLOPs, non-zero params, size and latency of a pruned (baked, CPU) model, with their ratios to dense.
+                          threads: int | None, batch_size: int, table: LatencyTable | None = None
+                          ) -> dict[str, float | int]:
+    """FLOPs, non-zero params, size and latency of a pruned (baked, CPU) model, with their ratios to dense, and the
+    latency ratio the `table` predicts (when there is one).
 
     Latency is timed interleaved with the dense model in this process, so the ratio holds on a noisy machine.
     """
@@ -52,4 +55,5 @@ def measure_against_dense(model: nn.Module, workload: Workload, dense: DenseRefe
     return {"flops": flops, "params": params, "size_bytes": model_size_bytes(model),
             "latency_ms": timing["pruned"]["p50_ms"], "latency_p90_ms": timing["pruned"]["p90_ms"],
             "dense_latency_ms": timing["dense"]["p50_ms"], "flops_ratio": flops / dense.flops,
-            "params_ratio": params / dense.params, "latency_ratio": timing["pruned"]["ratio"]}
+            "params_ratio": params / dense.params, "latency_ratio": timing["pruned"]["ratio"],
+            "predicted_latency_ratio": None if table is None else table.predict_model_ratio(model)}

@@ -17,14 +17,15 @@ from search.baselines import enqueue_baselines
 from search.config import ConfigError, RunConfig, parse_config
 from search.finalize import evaluate_front_on_test, finetune_finalists
 from search.fit import reachable_round_to, unreachable_methods
+from search.latency_checks import remeasure_pick, time_both_batches
 from search.measure import count_flops, layer_flops
+from search.measure.latency_table import LatencyTable, LatencyTableError, latency_table
 from search.reference import DenseReference, measure_dense
 from search.study import ResumeError, open_study, record_run_attrs, requeue_interrupted, storage_url
 from search.summary import summary_lines
 from search.trial import TrialContext, fitting_ratio
 from search.workloads import Workload, WorkloadError, build_workload
 from spaces import SearchSpace, SpaceError
-from spaces.space import ROUND_TO
 
 log = logging.getLogger("search")
 
@@ -49,19 +50,18 @@ def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None 
     elif dense is None:
         log.info("measuring the dense %s (accuracy, FLOPs, latency)", workload.name)
         dense = measure_dense(workload, device=config.device, threads=config.threads, batch_size=config.batch_size)
-    methods, round_to = config.methods, ROUND_TO
-    if config.cost != "latency":
-        ratio = fitting_ratio(workload, dense, config.cost)
-        for method, floor in unreachable_methods(workload.model, workload.example_inputs, methods, config.budget,
-                                                 ratio).items():
-            log.warning("method %s is left out: its hardest pruning leaves %s at %.3f of dense, over the budget %g",
-                        method, config.cost, floor, config.budget)
-            methods = tuple(m for m in methods if m != method)
-        if not methods:
-            raise SpaceError(f"none of --methods {','.join(config.methods)} reaches the budget {config.budget:g}; "
-                             "add channel or magnitude, or raise --budget")
-        if "channel" in methods:
-            round_to = reachable_round_to(workload.model, workload.example_inputs, config.budget, ratio)
+    table = target_latency_table(workload, config)
+    methods = config.methods
+    ratio = fitting_ratio(workload, dense, config, table)
+    for method, floor in unreachable_methods(workload.model, workload.example_inputs, methods, config.budget,
+                                             ratio).items():
+        log.warning("method %s is left out: its hardest pruning leaves %s at %.3f of dense, over the budget %g",
+                    method, config.cost, floor, config.budget)
+        methods = tuple(m for m in methods if m != method)
+    if not methods:
+        raise SpaceError(f"none of --methods {','.join(config.methods)} reaches the budget {config.budget:g} in "
+                         f"{config.cost}; add channel, or raise --budget")
+    round_to = reachable_round_to(workload.model, workload.example_inputs, methods, config.budget, ratio)
     space = SearchSpace.build(workload.model, workload.example_inputs, layer_flops(workload.model, workload.example_inputs),
                               count_flops(workload.model, workload.example_inputs), methods, config.budget,
                               workload.finetune_lr, config.target_floor, round_to)
@@ -71,11 +71,28 @@ def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None 
         "space": space.describe(),
         "latency_setup": {"device": config.device, "threads": config.threads or torch.get_num_threads(),
                           "batch_size": config.batch_size},
+        "latency_table": None if table is None else table.describe(),
     })
     baselines = enqueue_baselines(study, space)
     if baselines:
         log.info("first trials are the baselines a user would try by hand: %s", ", ".join(baselines))
-    return study, TrialContext(workload, space, config, dense, run_dir)
+    return study, TrialContext(workload, space, config, dense, run_dir, table)
+
+
+def target_latency_table(workload: Workload, config: RunConfig) -> LatencyTable | None:
+    """The per-layer latency table of the target (cached), or None, said once, where it cannot model the network."""
+    try:
+        table = latency_table(workload.model, workload.example_inputs, device=config.device, threads=config.threads,
+                              batch_size=config.batch_size, cache_dir=config.cache_dir)
+    except LatencyTableError as error:
+        fallback = "; latency targets are fitted by timing each step instead" if config.cost == "latency" else ""
+        log.warning("the latency table cannot model %s: %s%s", workload.name, error, fallback)
+        return None
+    if table.from_cache:
+        log.info("latency table: cache hit (%s, built in %.1f s)", table.key, table.build_seconds)
+    else:
+        log.info("latency table: built in %.1f s, cached as %s", table.build_seconds, table.key)
+    return table
 
 
 def execute(config: RunConfig) -> int:
@@ -104,13 +121,19 @@ def run_backend(study: optuna.Study, ctx: TrialContext) -> None:
         run_optuna(study, ctx)
 
 
-def finish(study: optuna.Study, ctx: TrialContext, show: bool = True, finalists: int | None = None) -> dict:
-    """The final fine-tune (--final-epochs; of at most `finalists` models when given), test accuracy for the Pareto
-    models, the report files, and the summary on stdout; returns pareto.json's dict."""
+def finish(study: optuna.Study, ctx: TrialContext, show: bool = True, finalists: int | None = None,
+           most_accurate: bool = False) -> dict:
+    """The final fine-tune (--final-epochs, of at most `finalists` models, --finalists by default; 0 skips it), test
+    accuracy and both batch
+    regimes' latency for the Pareto models, the pick's re-measured latency (--cost latency), the report files, and the
+    summary on stdout; returns pareto.json's dict."""
+    finalists = ctx.config.finalists if finalists is None else finalists
     if finalists != 0:
-        finetune_finalists(study, ctx, finalists)
-    records = load_records(storage_url(ctx.run_dir))
-    evaluate_front_on_test(study, pareto_front(records.trials), ctx)
+        finetune_finalists(study, ctx, finalists, most_accurate)
+    front = pareto_front(load_records(storage_url(ctx.run_dir)).trials)
+    evaluate_front_on_test(study, front, ctx)
+    time_both_batches(study, front, ctx)
+    remeasure_pick(study, ctx)
     pareto = write_report(ctx.run_dir)
     if show:
         print("\n".join(summary_lines(pareto, str(ctx.run_dir / "report.html"))))

@@ -14,6 +14,33 @@ def _fmt_acc(value: Any) -> str:
     return "-" if value is None else f"{100 * value:.2f}%"
 
 
+def _search_batch(best: dict[str, Any]) -> str:
+    """The batch size the search timed at: the one whose entry holds the pick's own latency ratio."""
+    searched = [batch for batch, entry in (best.get("latency_by_batch") or {}).items() if entry.get("searched")]
+    return searched[0] if searched else "as searched"
+
+
+def _other_batches(best: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Rows for the pick's latency at the batch regimes the search did not time at."""
+    searched = _search_batch(best)
+    return [(f"latency p50, batch {batch}", f"{entry['dense_p50_ms']:.3f} ms", f"{entry['p50_ms']:.3f} ms",
+             f"{entry['latency_ratio']:.3f}x (interleaved)")
+            for batch, entry in (best.get("latency_by_batch") or {}).items() if batch != searched]
+
+
+def none_reason(pareto: dict[str, Any]) -> str:
+    """Why there is no pick, in one sentence: nothing within budget, or nothing within epsilon."""
+    budget, epsilon, cost = pareto["budget"], pareto["epsilon"], pareto["cost_metric"]
+    within = [m for m in pareto["pareto"] if m["cost_ratio"] is not None and m["cost_ratio"] <= budget + 1e-9]
+    if not within:
+        cheapest = min((m["cost_ratio"] for m in pareto["pareto"] if m["cost_ratio"] is not None), default=None)
+        reached = "no trial completed" if cheapest is None else f"the cheapest model reached {cost} ratio {cheapest:.3f}"
+        return f"no model came within the budget {budget:g} ({reached}); raise --budget or search more trials."
+    closest = max(within, key=lambda m: m["accuracy"])
+    return (f"within the budget, the most accurate model lost {100 * (pareto['dense']['accuracy'] - closest['accuracy']):.2f} "
+            f"points (epsilon {100 * epsilon:.2f}); raise --epsilon or --final-epochs, or search more trials.")
+
+
 def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
     """Lines of the dense-vs-pick table, the pick's warning if it is no faster, and where the report is."""
     dense, best = pareto["dense"], pareto["best"]
@@ -33,18 +60,28 @@ def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
              f"{100 * (best['accuracy'] - dense['accuracy']):+.2f} pt"),
             ("test accuracy", _fmt_acc(dense["test_accuracy"]), _fmt_acc(best["test_accuracy"]),
              "" if best["test_accuracy"] is None else f"{100 * (best['test_accuracy'] - dense['test_accuracy']):+.2f} pt"),
-            ("FLOPs", _fmt_int(dense["flops"]), _fmt_int(best["flops"]), f"{best['flops_ratio']:.3f}x"),
+            ("nonzero FLOPs" if best.get("nonzero_flops") is not None else "FLOPs", _fmt_int(dense["flops"]),
+             _fmt_int(best["flops"]), f"{best['flops_ratio']:.3f}x"),
             ("params", _fmt_int(dense["params"]), _fmt_int(best["params"]), f"{best['params_ratio']:.3f}x"),
             ("latency p50", f"{best.get('dense_latency_ms') or dense['latency_ms']:.3f} ms", f"{best['latency_ms']:.3f} ms",
-             f"{best['latency_ratio']:.3f}x (interleaved)"),
+             f"{best['latency_ratio']:.3f}x (interleaved, batch {_search_batch(best)})"),
+            *_other_batches(best),
         ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if best is not None:
+        flops = "nonzero FLOPs" if best.get("nonzero_flops") is not None else "FLOPs"
         lines.insert(1, f"Pick: trial {best['trial']} ({best['method']}, {best['label']}), cost ratio {best['cost_ratio']:.3f} "
-                        f"({pareto['cost_metric']}), FLOPs ratio {best['flops_ratio']:.3f}, latency ratio {best['latency_ratio']:.3f}.")
+                        f"({pareto['cost_metric']}), {flops} ratio {best['flops_ratio']:.3f}, latency ratio "
+                        f"{best['latency_ratio']:.3f}.")
+        if best.get("latency_ratio_p10") is not None:
+            lines.insert(2, f"Latency ratio re-measured after the search: {best['latency_ratio']:.3f} (p10-p90 over rounds "
+                            f"{best['latency_ratio_p10']:.3f}-{best['latency_ratio_p90']:.3f}).")
         if best["latency_ratio"] >= SLOW_RATIO:
-            lines.append("Warning: the pick is not measurably faster than dense. Masked (unstructured) weights cut FLOPs but, "
-                         "without sparse kernels, not time; use --cost latency or --methods channel,layer for speed.")
+            lines.append("Warning: the pick is not measurably faster than dense. Masked weights cut nonzero FLOPs but, "
+                         "without sparse kernels, not time; search the default methods (channel, layer) or "
+                         "use --cost latency for speed.")
+    else:
+        lines.append(f"Why: {none_reason(pareto)}")
     lines.append(f"Report: {report_path}")
     return lines

@@ -19,7 +19,8 @@ from pruners import bake
 from search.config import RunConfig
 from search.final import calibration_options
 from search.fit import fit_to_target
-from search.measure import count_flops, count_params
+from search.measure import compare_latency, count_flops, count_params
+from search.measure.latency_table import LatencyTable
 from search.recover import ScreenedOut, recover
 from search.screening import stop_below
 from search.reference import DenseReference, measure_against_dense
@@ -35,12 +36,25 @@ class TrialContext:
     config: RunConfig
     dense: DenseReference
     run_dir: Path
+    latency_table: LatencyTable | None = None  # the target's latency model; None where it cannot model the network
 
 
-def fitting_ratio(workload: Workload, dense: DenseReference, cost: str) -> Callable[[nn.Module], float]:
-    """The ratio a point is fitted on: parameters for --cost params, else FLOPs (latency is too noisy to bisect on)."""
-    if cost == "params":
+FIT_LATENCY_REPEATS = 20  # per bisection step, when no latency table models the network: a quick interleaved timing
+
+
+def fitting_ratio(workload: Workload, dense: DenseReference, config: RunConfig,
+                  table: LatencyTable | None = None) -> Callable[[nn.Module], float]:
+    """The ratio a point is fitted on, in the run's cost metric: parameters, FLOPs, or latency predicted by the
+    table (timed interleaved with dense, quickly, where no table models the network: noisier and slower)."""
+    if config.cost == "params":
         return lambda model: count_params(model, nonzero_only=True) / dense.params
+    if config.cost == "latency" and table is not None:
+        return table.predict_model_ratio
+    if config.cost == "latency":
+        return lambda model: compare_latency(
+            {"dense": workload.model, "pruned": model}, workload.example_inputs, reference="dense",
+            device=config.device, threads=config.threads, batch_size=config.batch_size, repeats=FIT_LATENCY_REPEATS,
+            rounds=4)["pruned"]["ratio"]
     return lambda model: count_flops(model, workload.example_inputs) / dense.flops
 
 
@@ -59,12 +73,13 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     started = time.perf_counter()
     torch.manual_seed(ctx.config.seed + number)
     workload, dense, config = ctx.workload, ctx.dense, ctx.config
-    extra = calibration_options(workload, params.get("criterion", ""))
+    extra = calibration_options(workload, params["method"], params.get("criterion", ""))
     fitted = fit_to_target(workload.model, workload.example_inputs, ctx.space, params,
-                           params.get("target", config.budget), fitting_ratio(workload, dense, config.cost), label, extra)
+                           params.get("target", config.budget), fitting_ratio(workload, dense, config,
+                                                                              ctx.latency_table), label, extra)
     model, policy = fitted.model, fitted.policy
     fit_seconds = time.perf_counter() - started
-    over_budget = config.cost != "latency" and fitted.ratio > config.budget
+    over_budget = fitted.ratio > config.budget
     try:
         recovery = recover(model, workload, epochs=0 if over_budget else config.finetune_epochs,
                            lr=policy.finetune_lr, device=config.device, stop_below=stop_below(screen, fitted.ratio),
@@ -81,7 +96,7 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
         raise FloatingPointError("validation accuracy is not a number")
     model = bake(model.cpu().eval())
     measured = measure_against_dense(model, workload, dense, device=config.device, threads=config.threads,
-                                     batch_size=config.batch_size)
+                                     batch_size=config.batch_size, table=ctx.latency_table)
     relative = model_path(number)
     save_model(model, ctx.run_dir / relative)
     return {
@@ -90,7 +105,8 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
         "accuracy_before_finetune": recovery.accuracy_before_finetune,
         "accuracy_after_finetune": recovery.accuracy_after_finetune, "kept": recovery.kept,
         **measured,
-        "cost_ratio": measured[f"{config.cost}_ratio"], "model_path": relative, "seconds": time.perf_counter() - started,
+        "cost_ratio": measured[f"{config.cost}_ratio"], "fitted_ratio": fitted.ratio,
+        "target": params.get("target"), "model_path": relative, "seconds": time.perf_counter() - started,
         "screen_seconds": fit_seconds + recovery.screen_seconds,
         **({"stopped_reason": f"the most this point prunes leaves {config.cost} at {fitted.ratio:.3f} of dense, over "
                               f"the budget {config.budget}: not fine-tuned"} if over_budget else {}),

@@ -11,20 +11,17 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from pruners import PrunableGroup, criteria_for, prunable_groups
+from pruners import PrunableGroup, get_method, prunable_groups, removable_blocks
 from spaces.cost_model import CostModel
 from spaces.policy import Policy
 
 MAX_SPARSITY = 0.9
-PER_GROUP_METHODS = ("magnitude", "channel")
-SCALAR_METHODS = ("global_magnitude", "layer")
-CHANNEL_CRITERIA = ("l1", "l2", "fpgm", "bn_scale", "taylor", "activation")
 ROUND_TO = (1, 4, 8)
 RANKINGS = ("per_group", "global")  # global: Torch-Pruning ranks all groups together and the level is the overall ratio
 ALLOCATIONS = ("shaped", "free")  # shaped: two knobs over every group (few trials find it); free: one knob per group
 STREAM_SHARE = (0.25, 2.0)  # shaped: weight of coupled groups (residual streams) against single-layer ones
-DEPTH_TILT = (-0.9, 0.9)
-FREE_WEIGHT = (0.25, 1.0)  # free: one relative weight per group (wider spreads screened near chance on ResNet-20)  # shaped: weights grow (> 0) or shrink (< 0) linearly with depth
+DEPTH_TILT = (-0.9, 0.9)  # shaped: weights grow (> 0) or shrink (< 0) linearly with depth
+FREE_WEIGHT = (0.25, 1.0)  # free: one relative weight per group (wider spreads screened near chance on ResNet-20)
 NM_PATTERNS = ("2:4", "1:4", "2:8", "1:8")
 DISTILL = (0.0, 0.5, 0.9)  # weight of distillation from the dense model in the recovery loss
 
@@ -38,6 +35,7 @@ class Suggester(Protocol):
 
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+    def suggest_int(self, name: str, low: int, high: int) -> int: ...
 
 
 @dataclass
@@ -52,17 +50,21 @@ class SearchSpace:
     depth: dict[str, float]  # group -> position in the network, 0 (input side) to 1 (output side)
     target_floor: float = 0.6  # the lowest cost target a trial aims at, as a fraction of the budget
     round_to: tuple[int, ...] = ROUND_TO  # the round_to values offered (those that can reach the budget)
+    blocks: int = 0  # removable residual blocks: a per-group method that takes `blocks` may drop up to this many
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs: torch.Tensor, layer_flops: dict[str, int], total_flops: int,
               methods: tuple[str, ...], budget: float, base_lr: float, target_floor: float = 0.6,
               round_to: tuple[int, ...] = ROUND_TO) -> "SearchSpace":
         groups = prunable_groups(model, example_inputs)
-        if not groups and any(m in PER_GROUP_METHODS for m in methods):
-            raise SpaceError("the model has no prunable channel groups for --methods magnitude/channel; "
-                             "use --methods global_magnitude,nm or layer")
+        per_group = [m for m in methods if get_method(m).knob == "per_group"]
+        if not groups and per_group:
+            raise SpaceError(f"the model has no prunable channel groups for --methods {','.join(per_group)}; "
+                             "use methods with one ratio for the whole model (global_magnitude, layer) or nm")
+        deepens = any("blocks" in get_method(m).options and get_method(m).knob == "per_group" for m in methods)
         return cls(tuple(methods), groups, CostModel.build(layer_flops, total_flops, groups), budget, base_lr,
-                   _depths(model, groups), target_floor, tuple(round_to) or (1,))
+                   _depths(model, groups), target_floor, tuple(round_to) or (1,),
+                   len(removable_blocks(model, example_inputs)) if deepens else 0)
 
     def target_range(self) -> tuple[float, float]:
         """Cost-ratio targets the search samples from: up to the budget, down to `target_floor` of it."""
@@ -77,18 +79,23 @@ class SearchSpace:
     def suggest(self, trial: Suggester) -> dict[str, Any]:
         """Sample the parameters of one trial (define-by-run: only what the chosen method uses)."""
         method = trial.suggest_categorical("method", list(self.methods))
+        traits = get_method(method)
         params: dict[str, Any] = {"method": method}
         params["lr_scale"] = trial.suggest_float("lr_scale", 0.3, 3.0, log=True)
         params["distill"] = trial.suggest_categorical("distill", list(DISTILL))
-        if method == "nm":
+        if traits.knob == "pattern":
             params["pattern"] = trial.suggest_categorical("pattern", self.nm_patterns())
             return params
         params["target"] = trial.suggest_float("target", *self.target_range())
-        if method == "channel":
-            params["criterion"] = trial.suggest_categorical("criterion", list(CHANNEL_CRITERIA))
+        if len(traits.searched_criteria) > 1:
+            params["criterion"] = trial.suggest_categorical("criterion", list(traits.searched_criteria))
+        if "round_to" in traits.options:
             params["round_to"] = trial.suggest_categorical("round_to", list(self.round_to))
+        if traits.global_ranking:
             params["ranking"] = trial.suggest_categorical("ranking", list(RANKINGS))
-        if method in PER_GROUP_METHODS and params.get("ranking", "per_group") == "per_group":
+        if traits.knob == "per_group" and "blocks" in traits.options and self.blocks:
+            params["blocks"] = trial.suggest_int("blocks", 0, self.blocks)
+        if traits.knob == "per_group" and params.get("ranking", "per_group") == "per_group":
             params["allocation"] = trial.suggest_categorical("allocation", list(ALLOCATIONS))
             if params["allocation"] == "shaped":
                 params["stream_share"] = trial.suggest_float("stream_share", *STREAM_SHARE, log=True)
@@ -110,26 +117,27 @@ class SearchSpace:
         """The policy at pruning `level`: the top-allocated group's ratio (others in proportion, all capped at
         MAX_SPARSITY), or the global ratio for scalar methods."""
         method = params["method"]
+        traits = get_method(method)
         lr = self.base_lr * params.get("lr_scale", 1.0)
         distill = float(params.get("distill", 0.0))
-        if method == "nm":
+        criterion = params.get("criterion", traits.criteria[0])
+        if traits.knob == "pattern":
             n, m = (int(v) for v in params["pattern"].split(":"))
-            return Policy("nm", "l1", 1.0 - n / m, {"n": n, "m": m}, finetune_lr=lr, label=label, distill=distill)
-        if method in SCALAR_METHODS or params.get("ranking") == "global":
-            if method == "channel":
-                options = {"global_pruning": True, **({"round_to": params["round_to"]} if params.get("round_to", 1) > 1 else {})}
-                return Policy(method, params["criterion"], round(level, 6), options, finetune_lr=lr, label=label,
-                              distill=distill)
-            criterion = params.get("criterion", criteria_for(method)[0])
-            return Policy(method, criterion, round(level, 6), dict(params.get("options", {})), finetune_lr=lr,
-                          label=label, distill=distill)
+            return Policy(method, criterion, 1.0 - n / m, {"n": n, "m": m}, finetune_lr=lr, label=label,
+                          distill=distill)
+        options: dict[str, Any] = dict(params.get("options", {}))
+        if params.get("round_to", 1) > 1:
+            options["round_to"] = params["round_to"]
+        if params.get("blocks", 0) > 0:
+            options["blocks"] = params["blocks"]
+        if traits.knob == "scalar" or params.get("ranking") == "global":
+            if params.get("ranking") == "global":
+                options["global_pruning"] = True
+            return Policy(method, criterion, round(level, 6), options, finetune_lr=lr, label=label, distill=distill)
         ratios = self.group_ratios(params, level)
         per_layer = {layer: ratios[g.name] for g in self.groups for layer in g.out_layers}
-        options: dict[str, Any] = dict(params.get("options", {}))
-        if method == "channel" and params.get("round_to", 1) > 1:
-            options["round_to"] = params["round_to"]
-        return Policy(method, params.get("criterion", criteria_for(method)[0]), per_layer, options,
-                      group_sparsity=ratios, finetune_lr=lr, label=label, distill=distill)
+        return Policy(method, criterion, per_layer, options, group_sparsity=ratios, finetune_lr=lr, label=label,
+                      distill=distill)
 
     def group_ratios(self, params: dict[str, Any], level: float) -> dict[str, float]:
         """Scale the sampled allocation so the top-allocated group is at `level`, each group capped at MAX_SPARSITY."""
@@ -138,17 +146,19 @@ class SearchSpace:
         return {name: round(min(MAX_SPARSITY, level * a / top), 6) for name, a in alloc.items()}
 
     def predicted_ratio(self, params: dict[str, Any], level: float) -> float:
-        """The cost model's FLOPs ratio for this point (scalar methods: as if the level were uniform)."""
-        if params["method"] == "layer":
+        """The cost model's FLOPs ratio for this point (scalar methods: as if the level were uniform; a scalar method
+        that removes work removes whole blocks, that share of the prunable layers)."""
+        traits = get_method(params["method"])
+        if traits.removes_work and traits.knob == "scalar":
             return 1.0 - level * self.cost_model.prunable_share()
         ratios = self.group_ratios(params, level)
-        if params["method"] == "channel":
+        if traits.removes_work:
             return self.cost_model.channel_ratio(ratios, params.get("round_to", 1))
         return self.cost_model.masked_ratio(ratios)
 
     def max_level(self, params: dict[str, Any]) -> float:
         """The level at which every group is at MAX_SPARSITY (past the top group, the others keep rising)."""
-        if params["method"] not in PER_GROUP_METHODS or params.get("ranking") == "global":
+        if get_method(params["method"]).knob != "per_group" or params.get("ranking") == "global":
             return MAX_SPARSITY
         alloc = list(self.allocation(params).values())
         return MAX_SPARSITY * max(alloc) / min(alloc)
@@ -177,9 +187,11 @@ class SearchSpace:
                 "scale": "the weights are scaled by a level solved so the cost lands on the sampled target",
             },
             "group_depth": {name: round(d, 3) for name, d in self.depth.items()},
-            "channel_criteria": list(CHANNEL_CRITERIA), "round_to": list(self.round_to),
-            "channel_ranking": list(RANKINGS),
-            "nm_patterns": self.nm_patterns() if "nm" in self.methods else [],
+            "criteria": {m: list(get_method(m).searched_criteria) for m in self.methods},
+            "round_to": list(self.round_to), "ranking": list(RANKINGS),
+            "blocks": {"low": 0, "high": self.blocks,
+                       "meaning": "residual blocks removed (l1 ranking) before channels are pruned"},
+            "nm_patterns": self.nm_patterns() if any(get_method(m).knob == "pattern" for m in self.methods) else [],
             "lr_scale": [0.3, 3.0], "base_lr": self.base_lr, "distill": list(DISTILL), "max_group_sparsity": MAX_SPARSITY,
         }
 

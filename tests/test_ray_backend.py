@@ -91,8 +91,7 @@ def test_ray_run_follows_the_same_contract(ray_run: Path) -> None:
     assert all(m["test_accuracy"] is not None for m in pareto["pareto"])
     assert (ray_run / "best" / "model.pt").is_file() and (ray_run / "report.html").is_file()
     study = load(ray_run)
-    assert [t.user_attrs["label"] for t in study.trials[:3]] == \
-        ["baseline:uniform_l1", "baseline:tp_global", "baseline:uniform_magnitude"]
+    assert [t.user_attrs["label"] for t in study.trials[:3]] == ["baseline:uniform_l1", "baseline:tp_global", "search"]
     for trial in study.get_trials(states=(TrialState.COMPLETE,)):  # models came home, constraints recorded
         assert (ray_run / trial.user_attrs["model_path"]).is_file()
         assert {"constraints:accuracy_loss", "constraints:cost_ratio"} <= set(trial.system_attrs)

@@ -25,7 +25,8 @@ DENSE = {"accuracy": 0.92, "test_accuracy": 0.915, "flops": 1_000_000, "params":
 CONTRACT_KEYS = {"workload", "cost_metric", "budget", "epsilon", "input_shape", "dense", "best", "pareto", "trials"}
 MODEL_KEYS = {"trial", "method", "accuracy", "test_accuracy", "flops", "params", "latency_ms", "cost_ratio", "policy"}
 MODEL_EXTRA_KEYS = {"flops_ratio", "latency_ratio", "params_ratio", "size_bytes", "label", "latency_p90_ms",
-                    "dense_latency_ms", "search_accuracy", "final_epochs"}
+                    "dense_latency_ms", "search_accuracy", "final_epochs", "nonzero_flops", "predicted_latency_ratio",
+                    "latency_by_batch", "latency_ratio_p10", "latency_ratio_p90"}
 
 
 def record(number: int, cost: float | None, accuracy: float | None,

@@ -5,13 +5,13 @@ import json
 
 import optuna
 import pytest
+import torch
 
 from pruners import prune
+from search.baselines import baseline_points
 from search.measure import count_flops, layer_flops
 from search.workloads.models import resnet20
 from spaces import Policy, SearchSpace
-
-import torch
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +75,11 @@ def test_space_definition_is_json(resnet_space) -> None:
     described = json.loads(json.dumps(resnet_space[2].describe()))
     assert described["methods"] == ["magnitude", "global_magnitude", "channel", "layer", "nm"]
     assert len(described["groups"]) == 12
+
+
+def test_uniform_magnitude_is_a_baseline_only_when_masked_methods_are_searched(resnet_space) -> None:
+    model, x, space = resnet_space
+    assert "uniform_magnitude" in baseline_points(space)
+    structured = SearchSpace.build(model, x, layer_flops(model, x), count_flops(model, x), ("channel", "layer"), 0.5,
+                                   0.01)
+    assert set(baseline_points(structured)) == {"uniform_l1", "tp_global"}

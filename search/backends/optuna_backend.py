@@ -48,13 +48,13 @@ def best_so_far(study: optuna.Study, budget: float, epsilon: float) -> str:
 
 
 def screen_bar(study: optuna.Study, ctx: TrialContext) -> dict | None:
-    """The screening bar (search.screening) from this study's finished trials (None until enough are seen)."""
+    """The screening bar (search.screening) from this study's finished trials (None until enough are seen), with the
+    front in the run's own cost metric: a candidate's fitted ratio is in that metric too."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     pairs = [(t.user_attrs["accuracy_before_finetune"], t.user_attrs["accuracy_after_finetune"])
              for t in complete if t.user_attrs.get("accuracy_after_finetune") is not None]
-    fit_on = "params_ratio" if ctx.config.cost == "params" else "flops_ratio"
-    points = [(t.user_attrs[fit_on], t.user_attrs["accuracy"], t.user_attrs["accuracy_before_finetune"])
-              for t in complete if t.user_attrs.get("accuracy_after_finetune") is not None and fit_on in t.user_attrs]
+    points = [(t.user_attrs["cost_ratio"], t.user_attrs["accuracy"], t.user_attrs["accuracy_before_finetune"])
+              for t in complete if t.user_attrs.get("accuracy_after_finetune") is not None]
     return screening_bar(pairs, points)
 
 

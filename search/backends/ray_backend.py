@@ -18,7 +18,7 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from search.backends.ray_latency import time_on_target
+from search.backends.ray_latency import table_on_target, time_on_target
 from search.backends.ray_search import RELAUNCHES, StudySearch
 from search.backends.ray_trial import RunFolderWriter, TrialSetup, run_trial, trial_dirname
 from search.config import ConfigError, RunConfig
@@ -109,10 +109,12 @@ def _dense_latency_on_target(study: optuna.Study, ctx: TrialContext) -> TrialCon
                           "start one that does (ray_cluster.yaml: the target node type)")
     stats, node = time_on_target({"dense": ctx.workload.model}, ctx.workload.example_inputs, ctx.config)
     dense = replace(ctx.dense, latency_ms=stats["dense"]["p50_ms"])
+    table = table_on_target(ctx.workload.model, ctx.workload.example_inputs, ctx.config)
     study.set_user_attr("dense", dense.to_json())
     study.set_user_attr("latency_setup", {**study.user_attrs.get("latency_setup", {}), "resource": resource,
                                           "measured_on": node})
-    return replace(ctx, dense=dense)
+    study.set_user_attr("latency_table", None if table is None else {**table.describe(), "measured_on": node})
+    return replace(ctx, dense=dense, latency_table=table)
 
 
 def _record_latency_nodes(study: optuna.Study) -> None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from search.config import RunConfig
 from search.measure import compare_latency
+from search.measure.latency_table import LatencyTable, LatencyTableError, latency_table
 
 # A task started by a Tune trial lands in the trial's placement group unless told otherwise; the target is elsewhere.
 OUTSIDE_TRIAL_BUNDLE = PlacementGroupSchedulingStrategy(placement_group=None)
@@ -44,6 +45,23 @@ def time_on_target(models: dict[str, nn.Module], example_inputs: torch.Tensor,
     task = _time_models.options(resources={config.latency_on: 1}, num_gpus=1 if config.device == "cuda" else 0,
                                 scheduling_strategy=OUTSIDE_TRIAL_BUNDLE)
     return ray.get(task.remote(models, example_inputs, config.device, config.threads, config.batch_size))
+
+
+@ray.remote(num_cpus=0)
+def _build_table(model: nn.Module, example_inputs: torch.Tensor, config: RunConfig) -> LatencyTable | None:
+    """Ray task: the per-layer latency table measured (or read from its cache) on the node it runs on."""
+    try:
+        return latency_table(model, example_inputs, device=config.device, threads=config.threads,
+                             batch_size=config.batch_size, cache_dir=config.cache_dir)
+    except LatencyTableError:
+        return None
+
+
+def table_on_target(model: nn.Module, example_inputs: torch.Tensor, config: RunConfig) -> LatencyTable | None:
+    """The latency table of the target node (`config.latency_on`), where trials' latency is measured too."""
+    task = _build_table.options(resources={config.latency_on: 1}, num_gpus=1 if config.device == "cuda" else 0,
+                                scheduling_strategy=OUTSIDE_TRIAL_BUNDLE)
+    return ray.get(task.remote(model, example_inputs, config))
 
 
 def target_latency_attrs(dense: nn.Module, pruned: nn.Module, example_inputs: torch.Tensor,

@@ -38,7 +38,7 @@ def latency(
         repeats=repeats,
         rounds=1,
     )["model"]
-    del result["ratio"]
+    del result["ratio"], result["round_p50_ms"]
     return result
 
 
@@ -57,7 +57,8 @@ def compare_latency(
     """Time the models interleaved; per model its latency stats and ``ratio`` = p50 / the reference's p50.
 
     Each of ``rounds`` rounds times every model for ``repeats // rounds`` forward passes (at least one),
-    in an order rotated each round. Models run on deep copies in eval mode under inference_mode, so the
+    in an order rotated each round; ``round_p50_ms`` holds each round's median, so a ratio's spread over
+    rounds can be read. Models run on deep copies in eval mode under inference_mode, so the
     callers' models keep their device and training flag. The input is the first sample of
     ``example_inputs`` repeated to ``batch_size``.
     """
@@ -70,15 +71,18 @@ def compare_latency(
     inputs = example_inputs[:1].expand(batch_size, *example_inputs.shape[1:]).contiguous().to(dev)
     copies = {name: _copy(model).to(dev).eval() for name, model in models.items()}
     samples: dict[str, list[float]] = {name: [] for name in copies}
+    round_p50: dict[str, list[float]] = {name: [] for name in copies}
     names = list(copies)
-    with _num_threads(threads) as used_threads, torch.inference_mode():
+    with num_threads(threads) as used_threads, torch.inference_mode():
         for name in names:
-            _time_calls(copies[name], inputs, warmup, dev)
+            time_calls(copies[name], inputs, warmup, dev)
         for round_index in range(rounds):
             shift = round_index % len(names)
             for name in names[shift:] + names[:shift]:
-                samples[name] += _time_calls(copies[name], inputs, per_round, dev)
-    stats = {name: _summarise(times) for name, times in samples.items()}
+                times = time_calls(copies[name], inputs, per_round, dev)
+                samples[name] += times
+                round_p50[name].append(float(torch.tensor(times, dtype=torch.float64).median()))
+    stats = {name: {**_summarise(times), "round_p50_ms": round_p50[name]} for name, times in samples.items()}
     reference_p50 = stats[reference]["p50_ms"]
     for entry in stats.values():
         entry.update(
@@ -105,7 +109,7 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def _time_calls(model: nn.Module, inputs: torch.Tensor, calls: int, device: torch.device) -> list[float]:
+def time_calls(model: nn.Module, inputs: torch.Tensor, calls: int, device: torch.device) -> list[float]:
     """Milliseconds of each of ``calls`` forward passes, synchronising the GPU around each."""
     times = []
     for _ in range(calls):
@@ -135,7 +139,7 @@ def _summarise(times: list[float]) -> dict[str, Any]:
 
 
 @contextmanager
-def _num_threads(threads: int | None) -> Iterator[int]:
+def num_threads(threads: int | None) -> Iterator[int]:
     """Use ``threads`` intra-op threads (None keeps the current number) and restore the old number."""
     previous = torch.get_num_threads()
     if threads is not None:

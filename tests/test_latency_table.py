@@ -1,0 +1,105 @@
+"""The per-layer latency table: grid interpolation, cache, predictions against interleaved timing, and its use
+by a latency-cost search (fitting, unreachable masked methods, the pick's re-measured bound)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pruners import get_method, prune
+from search.config import parse_config
+from search.fit import unreachable_methods
+from search.measure import compare_latency
+from search.measure.latency_table import Grid, LatencyTable, latency_table, layer_widths
+from search.workloads.models import resnet20
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def resnet() -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return resnet20().eval(), torch.randn(1, 1, 28, 28)
+
+
+@pytest.fixture(scope="module")
+def table(resnet, tmp_path_factory: pytest.TempPathFactory) -> LatencyTable:
+    model, inputs = resnet
+    return latency_table(model, inputs, device="cpu", threads=1, batch_size=1,
+                         cache_dir=tmp_path_factory.mktemp("tables"))
+
+
+def test_grid_is_exact_at_its_points_and_linear_between() -> None:
+    grid = Grid([1, 4], [2, 6], [[1.0, 3.0], [4.0, 10.0]])
+    assert grid.at(1, 2) == 1.0 and grid.at(4, 6) == 10.0
+    assert grid.at(1, 4) == pytest.approx(2.0)  # halfway along the output axis
+    assert grid.at(2.5, 4) == pytest.approx((2.0 + 7.0) / 2)  # bilinear
+    assert grid.at(100, 100) == 10.0  # clamped past the dense widths
+
+
+def test_dense_widths_predict_the_dense_time(table: LatencyTable, resnet) -> None:
+    model, _ = resnet
+    assert table.predict_model_ratio(model) == pytest.approx(1.0)
+    assert set(table.layers) == set(layer_widths(model))
+    assert 0.4 <= table.coverage <= 1.2
+
+
+def test_prediction_of_a_channel_pruned_net_is_within_25_percent_of_its_measured_ratio(table, resnet) -> None:
+    model, inputs = resnet
+    pruned = prune(model, inputs, method="channel", sparsity=0.5)
+    predicted = table.predict_model_ratio(pruned)
+    measured = compare_latency({"dense": model, "pruned": pruned}, inputs, reference="dense", threads=1,
+                               repeats=200, rounds=10)["pruned"]["ratio"]
+    assert predicted < 0.95  # half the channels: the table sees the work go
+    assert abs(predicted - measured) / measured <= 0.25, (predicted, measured)
+
+
+def test_removed_blocks_cost_nothing(table, resnet) -> None:
+    model, inputs = resnet
+    fewer = prune(model, inputs, method="layer", sparsity=0.5)
+    assert len(layer_widths(fewer)) < len(layer_widths(model))
+    assert table.predict_model_ratio(fewer) < 0.9
+
+
+def test_second_build_is_a_cache_hit_with_the_same_predictions(table, resnet, tmp_path: Path) -> None:
+    model, inputs = resnet
+    cache = tmp_path / "cache"
+    first = latency_table(model, inputs, device="cpu", threads=1, batch_size=1, cache_dir=cache)
+    second = latency_table(model, inputs, device="cpu", threads=1, batch_size=1, cache_dir=cache)
+    assert not first.from_cache and second.from_cache and second.key == first.key
+    pruned = prune(model, inputs, method="channel", sparsity=0.3)
+    assert second.predict_model_ratio(pruned) == pytest.approx(first.predict_model_ratio(pruned))
+    other = latency_table(model, inputs, device="cpu", threads=1, batch_size=4, cache_dir=cache)
+    assert other.key != first.key and not other.from_cache  # batch size is part of the key
+    assert json.loads((cache / "latency-tables" / f"{first.key}.json").read_text())["key"] == first.key
+
+
+def test_masked_methods_cannot_reach_a_latency_budget(table, resnet) -> None:
+    model, inputs = resnet
+    out = unreachable_methods(model, inputs, ("magnitude", "channel"), 0.8, table.predict_model_ratio)
+    assert set(out) == {"magnitude"} and out["magnitude"] == pytest.approx(1.0)
+
+
+def test_default_space_holds_no_masked_method() -> None:
+    methods = parse_config([]).methods
+    assert methods and not any(get_method(m).masked for m in methods)
+    assert {"channel", "layer"} <= set(methods)
+
+
+def test_latency_cost_run_on_digits_ends_with_a_pick_within_budget_or_says_why(cache_dir: Path, digits,
+                                                                              tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = run_cli(["--workload", "digits-cnn", "--cost", "latency", "--budget", "0.9", "--trials", "6",
+                      "--finetune-epochs", "2", "--threads", "1", "--out", str(out)], cache_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["cost_metric"] == "latency"
+    best = pareto["best"]
+    if best is None:
+        assert "Why:" in result.stdout
+        return
+    assert best["latency_ratio"] <= 0.9 and best["cost_ratio"] == best["latency_ratio"]
+    assert best["latency_ratio_p10"] <= best["latency_ratio_p90"]  # re-measured after the search
+    assert best["predicted_latency_ratio"] is not None
+    assert "re-measured" in result.stdout
