@@ -5,6 +5,7 @@ from typing import Any
 
 import optuna
 
+from pruners import get_method
 from spaces import SearchSpace
 
 
@@ -17,6 +18,9 @@ def baseline_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
         "tp_global": {"method": "channel", "criterion": "l2", "round_to": 1, "ranking": "global", **common},
         "uniform_magnitude": {"method": "magnitude", **uniform, **common},
     }
+    for point in points.values():  # where the space may also remove blocks, a hand-picked baseline removes none
+        if space.blocks and "blocks" in get_method(point["method"]).options:
+            point["depth"] = 0.0
     return {name: p for name, p in points.items() if p["method"] in space.methods}
 
 

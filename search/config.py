@@ -30,7 +30,7 @@ class RunConfig:
     epsilon: float = 0.01
     cost: str = "flops"
     methods: tuple[str, ...] = DEFAULT_METHODS
-    trials: int = 24
+    trials: int = 20
     timeout: float | None = None
     finetune_epochs: float = 0.15
     target_floor: float = 0.6  # the lowest cost target a trial aims at, as a fraction of the budget

@@ -52,10 +52,10 @@ def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None
     ends, so an interrupted stage resumes where it stopped.
 
     With a `limit`, which candidates: the `limit` most accurate (`most_accurate`: the benchmark asks for the best model
-    at a cost), or, for the pick (the least cost within epsilon), a bisection over the candidates in cost order: a
-    cheaper one is fine-tuned next while the last one met epsilon after its fine-tune, a dearer one while it did not.
-    Accuracy after the final fine-tune rises with cost along the front, so the cheapest model it makes feasible is
-    found in about log2(candidates) fine-tunes, starting at or under the search-time pick.
+    at a cost), or, for the pick (the least cost within epsilon), first the search-time pick (else the most accurate
+    candidate), then a bisection over the candidates in cost order: a cheaper one next while the last one met epsilon
+    after its fine-tune, a dearer one while it did not. Accuracy after the final fine-tune rises with cost along the
+    front, so the cheapest model it makes feasible is found in about log2(candidates) fine-tunes.
     """
     epochs, config = ctx.config.final_epochs, ctx.config
     if epochs <= 0:
@@ -67,20 +67,19 @@ def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None
             _finetuned(study, ctx, record)
         return
     ordered = sorted(candidates, key=lambda r: (r.cost_ratio, -(r.accuracy or 0.0)))
-    if not ordered:
-        return
     feasible_now = [i for i, r in enumerate(ordered) if is_feasible(r, config.budget, config.epsilon)]
-    low, high, spent = 0, feasible_now[0] if feasible_now else len(ordered) - 1, 0
-    while True:
-        index = (low + high) // 2
+    low, high, spent = 0, len(ordered) - 1, 0
+    index = feasible_now[0] if feasible_now else high
+    while low <= high:
         entry, ran = _finetuned(study, ctx, ordered[index], allowed=spent < limit)
         spent += ran
-        if entry is None or low >= high:
+        if entry is None:
             return
         if entry["accuracy_loss"] <= config.epsilon + 1e-9 and entry["cost_ratio"] <= config.budget + 1e-9:
-            high = index
+            high = index - 1
         else:
             low = index + 1
+        index = (low + high) // 2
 
 
 def _finetuned(study: optuna.Study, ctx: TrialContext, record: TrialRecord, allowed: bool = True

@@ -35,7 +35,6 @@ class Suggester(Protocol):
 
     def suggest_categorical(self, name: str, choices: Any) -> Any: ...
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
-    def suggest_int(self, name: str, low: int, high: int) -> int: ...
 
 
 @dataclass
@@ -51,6 +50,7 @@ class SearchSpace:
     target_floor: float = 0.6  # the lowest cost target a trial aims at, as a fraction of the budget
     round_to: tuple[int, ...] = ROUND_TO  # the round_to values offered (those that can reach the budget)
     blocks: int = 0  # removable residual blocks: a per-group method that takes `blocks` may drop up to this many
+    block_share: float = 0.0  # mean share of the dense FLOPs in one removable block
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs: torch.Tensor, layer_flops: dict[str, int], total_flops: int,
@@ -62,9 +62,11 @@ class SearchSpace:
             raise SpaceError(f"the model has no prunable channel groups for --methods {','.join(per_group)}; "
                              "use methods with one ratio for the whole model (global_magnitude, layer) or nm")
         deepens = any("blocks" in get_method(m).options and get_method(m).knob == "per_group" for m in methods)
+        blocks = removable_blocks(model, example_inputs) if deepens else []
+        in_blocks = sum(f for name, f in layer_flops.items() if any(name.startswith(b + ".") for b in blocks))
         return cls(tuple(methods), groups, CostModel.build(layer_flops, total_flops, groups), budget, base_lr,
-                   _depths(model, groups), target_floor, tuple(round_to) or (1,),
-                   len(removable_blocks(model, example_inputs)) if deepens else 0)
+                   _depths(model, groups), target_floor, tuple(round_to) or (1,), len(blocks),
+                   in_blocks / total_flops / len(blocks) if blocks else 0.0)
 
     def target_range(self) -> tuple[float, float]:
         """Cost-ratio targets the search samples from: up to the budget, down to `target_floor` of it."""
@@ -94,7 +96,7 @@ class SearchSpace:
         if traits.global_ranking:
             params["ranking"] = trial.suggest_categorical("ranking", list(RANKINGS))
         if traits.knob == "per_group" and "blocks" in traits.options and self.blocks:
-            params["blocks"] = trial.suggest_int("blocks", 0, self.blocks)
+            params["depth"] = trial.suggest_float("depth", 0.0, 1.0)
         if traits.knob == "per_group" and params.get("ranking", "per_group") == "per_group":
             params["allocation"] = trial.suggest_categorical("allocation", list(ALLOCATIONS))
             if params["allocation"] == "shaped":
@@ -128,8 +130,8 @@ class SearchSpace:
         options: dict[str, Any] = dict(params.get("options", {}))
         if params.get("round_to", 1) > 1:
             options["round_to"] = params["round_to"]
-        if params.get("blocks", 0) > 0:
-            options["blocks"] = params["blocks"]
+        if self.removed_blocks(params) > 0:
+            options["blocks"] = self.removed_blocks(params)
         if traits.knob == "scalar" or params.get("ranking") == "global":
             if params.get("ranking") == "global":
                 options["global_pruning"] = True
@@ -138,6 +140,14 @@ class SearchSpace:
         per_layer = {layer: ratios[g.name] for g in self.groups for layer in g.out_layers}
         return Policy(method, criterion, per_layer, options, group_sparsity=ratios, finetune_lr=lr, label=label,
                       distill=distill)
+
+    def removed_blocks(self, params: dict[str, Any]) -> int:
+        """Blocks a point removes: its `depth` share of the most that removal alone could take off before the cost
+        falls under the point's target (each block costing block_share), so depth never overshoots the target."""
+        if not params.get("depth") or not self.block_share:
+            return 0
+        most = min(self.blocks, int((1.0 - params.get("target", self.budget)) / self.block_share))
+        return min(most, int(params["depth"] * (most + 1)))
 
     def group_ratios(self, params: dict[str, Any], level: float) -> dict[str, float]:
         """Scale the sampled allocation so the top-allocated group is at `level`, each group capped at MAX_SPARSITY."""
@@ -189,8 +199,10 @@ class SearchSpace:
             "group_depth": {name: round(d, 3) for name, d in self.depth.items()},
             "criteria": {m: list(get_method(m).searched_criteria) for m in self.methods},
             "round_to": list(self.round_to), "ranking": list(RANKINGS),
-            "blocks": {"low": 0, "high": self.blocks,
-                       "meaning": "residual blocks removed (l1 ranking) before channels are pruned"},
+            "depth": {"low": 0.0, "high": 1.0, "removable_blocks": self.blocks,
+                      "block_flops_share": round(self.block_share, 4),
+                      "meaning": "share of the blocks that removal alone could take off before the cost falls under "
+                                 "the target, removed (l1 ranking) before channels are pruned"},
             "nm_patterns": self.nm_patterns() if any(get_method(m).knob == "pattern" for m in self.methods) else [],
             "lr_scale": [0.3, 3.0], "base_lr": self.base_lr, "distill": list(DISTILL), "max_group_sparsity": MAX_SPARSITY,
         }

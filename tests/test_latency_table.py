@@ -12,6 +12,7 @@ from pruners import get_method, prune
 from search.config import parse_config
 from search.fit import unreachable_methods
 from search.measure import compare_latency
+from search.measure import latency_table as latency_table_module
 from search.measure.latency_table import Grid, LatencyTable, latency_table, layer_widths
 from search.workloads.models import resnet20
 from tests.conftest import run_cli
@@ -73,6 +74,14 @@ def test_second_build_is_a_cache_hit_with_the_same_predictions(table, resnet, tm
     other = latency_table(model, inputs, device="cpu", threads=1, batch_size=4, cache_dir=cache)
     assert other.key != first.key and not other.from_cache  # batch size is part of the key
     assert json.loads((cache / "latency-tables" / f"{first.key}.json").read_text())["key"] == first.key
+
+
+def test_a_table_measured_the_old_way_is_never_reused(resnet, tmp_path: Path, monkeypatch) -> None:
+    model, inputs = resnet
+    first = latency_table(model, inputs, device="cpu", threads=1, batch_size=1, cache_dir=tmp_path)
+    monkeypatch.setattr(latency_table_module, "FORMAT", latency_table_module.FORMAT + 1)
+    again = latency_table(model, inputs, device="cpu", threads=1, batch_size=1, cache_dir=tmp_path)
+    assert again.key != first.key and not again.from_cache
 
 
 def test_masked_methods_cannot_reach_a_latency_budget(table, resnet) -> None:

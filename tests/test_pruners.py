@@ -16,6 +16,8 @@ from pruners import (
     available_methods,
     bake,
     criteria_for,
+    faster_methods,
+    get_method,
     output_layers,
     prunable_groups,
     prune,
@@ -312,10 +314,31 @@ def test_layer_removes_requested_blocks(resnet18: nn.Module) -> None:
     assert three(X).shape == (4, 10)
 
 
+def test_channel_with_blocks_removes_depth_then_width() -> None:
+    model = tiny().eval()
+    both = prune(model, X, "channel", {"blocks.0.conv1": 0.5, "blocks.1.conv1": 0.5, "blocks.2.conv1": 0.5},
+                 blocks=2, criterion="l1")
+    assert sum(isinstance(b, nn.Identity) for b in both.blocks) == 2
+    kept = [b for b in both.blocks if not isinstance(b, nn.Identity)]
+    assert len(kept) == 1 and kept[0].conv1.out_channels < model.blocks[0].conv1.out_channels
+    assert both(X).shape == model(X).shape
+    assert not any(isinstance(b, nn.Identity) for b in model.blocks)  # the input model is untouched
+
+
+def test_method_traits_say_which_methods_run_faster_on_dense_kernels() -> None:
+    assert set(faster_methods()) == {"channel", "layer"}
+    for name in ("magnitude", "global_magnitude", "nm"):
+        assert get_method(name).masked and get_method(name).sparse_runtime
+    assert get_method("nm").knob == "pattern" and get_method("layer").knob == "scalar"
+    assert set(get_method("channel").calibrated) == {"taylor", "activation"}
+    assert "random" not in get_method("channel").searched_criteria
+
+
 @pytest.mark.parametrize(
     ("kwargs", "named"),
     [
         ({"method": "bogus"}, "bogus"),
+        ({"blocks": 7}, "blocks=7"),
         ({"criterion": "bogus"}, "bogus"),
         ({"sparsity": 1.0}, "1.0"),
         ({"sparsity": -0.1}, "-0.1"),

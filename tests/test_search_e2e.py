@@ -44,6 +44,10 @@ def test_run_folder_follows_the_contract(finished_run: Path) -> None:
     assert set(pareto["dense"]) >= {"accuracy", "test_accuracy", "flops", "params", "latency_ms"}
     assert pareto["pareto"] and all(MODEL_KEYS <= set(m) for m in pareto["pareto"])
     assert all(m["test_accuracy"] is not None for m in pareto["pareto"])  # Pareto models get a test accuracy
+    for model in pareto["pareto"]:  # and a latency at both batch regimes, the searched one marked
+        batches = model["latency_by_batch"]
+        assert set(batches) == {"1", "64"} and batches["1"]["searched"] and batches["64"]["latency_ratio"] > 0
+        assert model["predicted_latency_ratio"] is not None and model["nonzero_flops"] is None  # structured
     costs = [m["cost_ratio"] for m in pareto["pareto"]]
     accuracies = [m["accuracy"] for m in pareto["pareto"]]
     assert costs == sorted(costs) and accuracies == sorted(accuracies)  # non-dominated: dearer is better
@@ -120,10 +124,11 @@ def test_kill_9_mid_run_then_resume_keeps_finished_trials(cache_dir: Path, digit
 
 def test_final_epochs_fine_tunes_the_pareto_models_within_budget(cache_dir: Path, digits, tmp_path: Path) -> None:
     out = tmp_path / "final"
-    result = run_cli([*FAST, "--trials", "6", "--final-epochs", "2", "--out", str(out)], cache_dir)
+    result = run_cli([*FAST, "--trials", "6", "--final-epochs", "2", "--finalists", "2", "--out", str(out)], cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}")
     finals = study.user_attrs["final"]
+    assert 1 <= len(finals) <= 2  # --finalists bounds the final stage
     pareto = json.loads((out / "pareto.json").read_text())
     finalized = [m for m in pareto["pareto"] if m["final_epochs"] is not None]
     assert finalized and {str(m["trial"]) for m in finalized} <= set(finals)
@@ -138,5 +143,5 @@ def test_final_epochs_fine_tunes_the_pareto_models_within_budget(cache_dir: Path
     model = torch.load(out / "best" / "model.pt", weights_only=False)
     assert evaluate(model, digits.val) == pytest.approx(best["accuracy"], abs=1e-9)
     assert count_flops(model, digits.example_inputs) / pareto["dense"]["flops"] == pytest.approx(best["flops_ratio"])
-    again = run_cli([*FAST, "--trials", "6", "--final-epochs", "2", "--out", str(out)], cache_dir)
+    again = run_cli([*FAST, "--trials", "6", "--final-epochs", "2", "--finalists", "2", "--out", str(out)], cache_dir)
     assert again.returncode == 0 and "final fine-tune" not in again.stderr  # nothing left to fine-tune on resume

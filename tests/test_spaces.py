@@ -83,3 +83,13 @@ def test_uniform_magnitude_is_a_baseline_only_when_masked_methods_are_searched(r
     structured = SearchSpace.build(model, x, layer_flops(model, x), count_flops(model, x), ("channel", "layer"), 0.5,
                                    0.01)
     assert set(baseline_points(structured)) == {"uniform_l1", "tp_global"}
+
+
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
+def test_depth_removes_blocks_without_overshooting_the_target(resnet_space, target: float) -> None:
+    model, x, space = resnet_space
+    assert space.blocks == 7  # ResNet-20: the blocks that keep their input's shape
+    counts = [space.removed_blocks({"method": "channel", "depth": d, "target": target}) for d in (0.0, 0.5, 0.999)]
+    assert counts[0] == 0 and counts == sorted(counts) and counts[-1] >= 1
+    deepest = prune(model, x, method="channel", sparsity=0.0, blocks=counts[-1])
+    assert count_flops(deepest, x) / count_flops(model, x) >= target - 0.01  # channels still have work to do

@@ -30,9 +30,11 @@ from search.measure.latency import num_threads, time_calls
 
 log = logging.getLogger(__name__)
 GRID_POINTS = 16  # widths per grid axis (plus 1): enough to follow the steps that SIMD widths make
-REPEATS = 15
+ROUNDS = 5  # sweeps of every grid, each bracketed by timings of the dense model
+CALLS = 3  # forward passes per grid point per round (their median)
+WARMUP = 5  # passes for a unit's first round, which pays its allocations
 MIN_COVERAGE = 0.4  # the table models a network when its layers explain at least this share of the dense time
-FORMAT = 1
+FORMAT = 2  # part of the cache key: a table measured by an older way of measuring is never reused
 
 
 @dataclass(frozen=True)
@@ -77,11 +79,6 @@ class LatencyTable:
     from_cache: bool = False
 
     @property
-    def rest_ms(self) -> float:
-        """The dense time not spent in the tabled layers (kept constant in every prediction)."""
-        return self.dense_ms - self.layers_ms(self.dense_widths())
-
-    @property
     def coverage(self) -> float:
         """Share of the dense model's time that the tabled layers explain."""
         return self.layers_ms(self.dense_widths()) / self.dense_ms
@@ -93,8 +90,9 @@ class LatencyTable:
         return sum(self.grids[self.layers[name].signature].at(*w) for name, w in widths.items() if name in self.layers)
 
     def predict_ms(self, widths: dict[str, tuple[int, int]]) -> float:
-        """Predicted time of a model whose tabled layers have these (input, output) widths; absent layers cost 0."""
-        return max(self.rest_ms + self.layers_ms(widths), 0.0)
+        """Predicted time of a model whose tabled layers have these (input, output) widths; absent layers cost 0.
+        The rest of the model (adds, pooling, each block's own call) is taken to shrink in proportion to its layers."""
+        return self.dense_ms * self.layers_ms(widths) / self.layers_ms(self.dense_widths())
 
     def predict_ratio(self, widths: dict[str, tuple[int, int]]) -> float:
         return self.predict_ms(widths) / self.dense_ms
@@ -142,7 +140,7 @@ def latency_table(model: nn.Module, example_inputs: torch.Tensor, *, device: str
     with num_threads(threads) as used:
         setup = {"device": _device_name(device), "torch": torch.__version__, "input_shape": list(example_inputs.shape),
                  "batch_size": batch_size, "threads": used}
-        key = hashlib.sha256(json.dumps([setup, sorted(signatures.items()), sorted(layer_widths(model).items())],
+        key = hashlib.sha256(json.dumps([FORMAT, setup, sorted(signatures.items()), sorted(layer_widths(model).items())],
                                         sort_keys=True).encode()).hexdigest()[:16]
         path = cache_dir / "latency-tables" / f"{key}.json"
         if path.exists():
@@ -258,46 +256,59 @@ def _make_unit(template: nn.Module, seen: _Seen, cin: int, cout: int) -> nn.Modu
     return nn.Sequential(*parts)
 
 
-def _time_ms(layer: nn.Module, inputs: torch.Tensor, dev: torch.device) -> float:
-    time_calls(layer, inputs, 3, dev)
-    return statistics.median(time_calls(layer, inputs, REPEATS, dev))
+def _median_ms(module: nn.Module, inputs: torch.Tensor, dev: torch.device, calls: int = CALLS) -> float:
+    return statistics.median(time_calls(module, inputs, calls, dev))
 
 
 def _measure(model: nn.Module, example_inputs: torch.Tensor, signatures: dict[str, str],
              shapes: dict[str, _Seen], setup: dict[str, Any], key: str, device: str,
              batch_size: int) -> LatencyTable:
-    """Time every signature's grid and the whole dense model, in the current thread setting."""
+    """Time every signature's grid and the whole dense model, in the current thread setting.
+
+    A machine's speed drifts while a table is measured (on this project's 2-core CPU, the dense model at 2 threads
+    ran at 2 ms or at 5 ms for seconds at a time), so, as everywhere in this product, times are taken relative to the
+    dense model: each signature's sweep is bracketed by two timings of the dense model, each grid point is kept as a
+    fraction of their mean, and the median fraction over ROUNDS rounds is scaled by the dense model's median time.
+    """
     dev = torch.device(device)
     modules = dict(model.named_modules())
     widths = layer_widths(model)
     layers = {name: LayerSpec(sig, *widths[name]) for name, sig in signatures.items()}
-    grids: dict[str, Grid] = {}
+    dense = model.to(dev).eval()
+    batch = example_inputs[:1].expand(batch_size, *example_inputs.shape[1:]).contiguous().to(dev)
+    sweeps: dict[str, tuple[list[int], list[int], list[tuple[int, int, nn.Module, torch.Tensor]]]] = {}
     for sig in sorted(set(signatures.values())):
         members = [name for name, s in signatures.items() if s == sig]
         template, seen = modules[members[0]], shapes[members[0]]
         depthwise = json.loads(sig)[5:6] == ["depthwise"]
         ins = _axis(max(widths[n][0] for n in members))
         outs = ins if depthwise else _axis(max(widths[n][1] for n in members))
-        times = []
-        with torch.inference_mode():
-            for cin in ins:
-                inputs = torch.randn(batch_size, cin, *seen.input_shape[1:], device=dev)
-                row = []
-                for cout in outs:
-                    if depthwise and cout != cin:
-                        row.append(math.nan)
-                        continue
-                    row.append(_time_ms(_make_unit(template, seen, cin, cout).to(dev).eval(), inputs, dev))
-                times.append(row)
-        if depthwise:  # only the diagonal exists: fill each row with its diagonal value
+        inputs = {cin: torch.randn(batch_size, cin, *seen.input_shape[1:], device=dev) for cin in ins}
+        points = [(i, j, _make_unit(template, seen, cin, cout).to(dev).eval(), inputs[cin])
+                  for i, cin in enumerate(ins) for j, cout in enumerate(outs) if not depthwise or cin == cout]
+        sweeps[sig] = (ins, outs, points)
+    fractions: dict[str, list[list[list[float]]]] = {
+        sig: [[[] for _ in outs] for _ in ins] for sig, (ins, outs, _) in sweeps.items()}
+    dense_times: list[float] = []
+    with torch.inference_mode():
+        _median_ms(dense, batch, dev, WARMUP)
+        for round_index in range(ROUNDS):
+            for sig, (_, _, points) in sweeps.items():
+                before = _median_ms(dense, batch, dev)
+                times = [(i, j, _median_ms(unit, x, dev, WARMUP if round_index == 0 else CALLS))
+                         for i, j, unit, x in points]
+                reference = (before + _median_ms(dense, batch, dev)) / 2
+                dense_times.append(reference)
+                for i, j, ms in times:
+                    fractions[sig][i][j].append(ms / reference)
+    model.cpu()
+    dense_ms = statistics.median(dense_times)
+    grids = {}
+    for sig, (ins, outs, _) in sweeps.items():
+        times = [[dense_ms * statistics.median(f) if f else math.nan for f in row] for row in fractions[sig]]
+        if json.loads(sig)[5:6] == ["depthwise"]:  # only the diagonal exists: fill each row with its diagonal value
             times = [[times[i][i]] * len(outs) for i in range(len(ins))]
         grids[sig] = Grid(ins, outs, times)
-    dense = model.to(dev).eval()
-    batch = example_inputs[:1].expand(batch_size, *example_inputs.shape[1:]).contiguous().to(dev)
-    with torch.inference_mode():
-        dense_ms = _time_ms(dense, batch, dev)
-        dense_ms = statistics.median([dense_ms, _time_ms(dense, batch, dev), _time_ms(dense, batch, dev)])
-    model.cpu()
     log.info("latency table: %d layers, %d signatures measured on %s (batch %d, %d threads)", len(layers), len(grids),
              setup["device"], batch_size, setup["threads"])
     return LatencyTable(key, setup, layers, grids, dense_ms)

@@ -91,5 +91,5 @@ def fashion_resnet20(*, seed: int = 0, cache_dir: Path, data_dir: Path | None = 
 
     metrics = cached_dense(model, f"fashion-resnet20-seed{seed}", cache_dir, train_dense)
     return Workload("fashion-resnet20", model.eval().cpu(), train_loader, val_loader, test_loader,
-                    example_inputs=val_x[:1].clone(), calibration=train_loader.subset(1024), finetune_lr=0.01,
+                    example_inputs=val_x[:1].clone(), calibration=train_loader.subset(1024), finetune_lr=0.02,
                     notes={"dense_metrics": metrics})
