@@ -35,7 +35,7 @@ VARIANTS: dict[str, dict] = {
     "channel-50%": {"method": "channel", "sparsity": 0.5},
     "channel-50%-round8": {"method": "channel", "sparsity": 0.5, "round_to": 8},
     "channel-70%": {"method": "channel", "sparsity": 0.7},
-    "layer-3-blocks": {"method": "layer", "sparsity": 0.5},
+    "layer-4-blocks": {"method": "layer", "sparsity": 0.5, "blocks": 4},
 }
 
 

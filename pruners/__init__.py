@@ -8,7 +8,7 @@ from .graph import output_layers
 from .groups import PrunableGroup, prunable_groups
 from .layer import removable_blocks
 from .masks import bake
-from .registry import Method, available_methods, criteria_for, faster_methods, get_method
+from .registry import Method, available_methods, criteria_for, default_methods, faster_methods, get_method
 
 __all__ = [
     "Method",
@@ -16,6 +16,7 @@ __all__ = [
     "available_methods",
     "bake",
     "criteria_for",
+    "default_methods",
     "faster_methods",
     "get_method",
     "output_layers",

@@ -10,7 +10,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .criteria import CALIBRATED, CHANNEL_CRITERIA, SEARCH_CRITERIA, check_calibration, clean_signals, gather_signals, make_importance
+from .criteria import (CALIBRATED, CHANNEL_CRITERIA, SEARCH_CRITERIA, check_calibration, clean_signals,
+                       gather_signals, make_importance)
 from .fallback import by_parts
 from .fixups import fix_attributes
 from .graph import build_graph, forward, traceable

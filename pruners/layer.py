@@ -106,7 +106,7 @@ def block_scores(model: nn.Module, blocks: list[str], criterion: str, inputs: to
 
 
 @register("layer", criteria=LAYER_CRITERIA, options=("blocks", "calibration"), knob="scalar", removes_work=True,
-          search_criteria=("l1",), calibrated=("activation",))
+          search_criteria=("l1",), calibrated=("activation",), subsumed_by="channel")
 def layer(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, criterion: str,
           blocks: int | None = None, calibration: Calibration | torch.Tensor | None = None) -> nn.Module:
     """Replace the least important removable blocks by nn.Identity.

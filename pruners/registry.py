@@ -30,6 +30,7 @@ class Method:
       runs faster anywhere; otherwise weights are only masked and time drops only with a sparse runtime.
     - `sparse_runtime`: for masked methods, what kernels would make them faster, in words (shown in reports).
     - `global_ranking`: the search may also rank all groups together (Torch-Pruning's global ranking).
+    - `subsumed_by`: another method whose space holds every model this one makes (the default search leaves it out).
     """
 
     fn: MethodFn
@@ -41,6 +42,7 @@ class Method:
     search_criteria: tuple[str, ...] | None = None
     calibrated: tuple[str, ...] = ()
     global_ranking: bool = False
+    subsumed_by: str | None = None
 
     @property
     def searched_criteria(self) -> tuple[str, ...]:
@@ -79,8 +81,14 @@ def get_method(name: str) -> Method:
 
 
 def faster_methods() -> list[str]:
-    """Methods whose pruned models run faster with dense kernels on any device (the default search)."""
+    """Methods whose pruned models run faster with dense kernels on any device."""
     return [name for name in available_methods() if _METHODS[name].removes_work]
+
+
+def default_methods() -> list[str]:
+    """The default search: the faster methods, less those another faster method subsumes."""
+    faster = faster_methods()
+    return [name for name in faster if _METHODS[name].subsumed_by not in faster]
 
 
 def criteria_for(method: str) -> list[str]:

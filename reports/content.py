@@ -105,7 +105,8 @@ def _table_text(info: RunInfo, trials: list[TrialRecord]) -> str:
     errors = sorted(prediction_errors(trials))
     median = f"{100 * errors[len(errors) // 2]:.1f}%" if errors else fmt.MISSING
     return (f"{table.get('layers')} layers in {table.get('signatures')} shapes on {table.get('device')}, batch "
-            f"{table.get('batch_size')}, {table.get('threads')} threads, explaining {100 * table.get('coverage', 0):.0f}% "
+            f"{table.get('batch_size')}, {table.get('threads')} threads, explaining "
+            f"{100 * table.get('coverage', 0):.0f}% "
             f"of the dense time; median |predicted - measured| / measured latency ratio {median} over "
             f"{len(errors)} trials")
 

@@ -7,14 +7,14 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pruners import available_methods, faster_methods
+from pruners import available_methods, default_methods
 from search.workloads.cache import default_cache_dir
 
 COST_METRICS = ("flops", "latency", "params")
 SAMPLERS = ("tpe", "nsga2", "random")
 BACKENDS = ("optuna", "ray")
 DEVICES = ("cpu", "cuda")
-DEFAULT_METHODS = tuple(faster_methods())  # what runs faster with dense kernels: masked methods are opt-in
+DEFAULT_METHODS = tuple(default_methods())  # what runs faster with dense kernels (masked methods are opt-in)
 
 
 class ConfigError(ValueError):
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cost", choices=COST_METRICS, default=RunConfig.cost, help="what the budget bounds; default flops")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated pruning methods to search over, of {', '.join(available_methods())} "
-                             f"(default {','.join(DEFAULT_METHODS)}: those that run faster with dense kernels)")
+                             f"(default {','.join(DEFAULT_METHODS)}: runs faster with dense kernels, and removes blocks too)")
     parser.add_argument("--trials", type=_positive("--trials", int), default=RunConfig.trials, help="trials in the study")
     parser.add_argument("--timeout", type=_positive("--timeout", float), default=None,
                         help="stop starting new trials after this many seconds")

@@ -68,7 +68,9 @@ def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None
         return
     ordered = sorted(candidates, key=lambda r: (r.cost_ratio, -(r.accuracy or 0.0)))
     feasible_now = [i for i, r in enumerate(ordered) if is_feasible(r, config.budget, config.epsilon)]
-    low, high, spent = 0, len(ordered) - 1, 0
+    stored = study.user_attrs.get(FINAL_ATTR) or {}
+    spent = sum((stored.get(str(r.number)) or {}).get("epochs") == epochs for r in ordered)  # a rerun adds none
+    low, high = 0, len(ordered) - 1
     index = feasible_now[0] if feasible_now else high
     while low <= high:
         entry, ran = _finetuned(study, ctx, ordered[index], allowed=spent < limit)

@@ -64,7 +64,8 @@ def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None 
     round_to = reachable_round_to(workload.model, workload.example_inputs, methods, config.budget, ratio)
     space = SearchSpace.build(workload.model, workload.example_inputs, layer_flops(workload.model, workload.example_inputs),
                               count_flops(workload.model, workload.example_inputs), methods, config.budget,
-                              workload.finetune_lr, config.target_floor, round_to)
+                              workload.finetune_lr, config.target_floor, round_to,
+                              table.dense_layer_ms() if table is not None and config.cost == "latency" else None)
     record_run_attrs(study, {
         "workload": config.workload, "cost_metric": config.cost, "budget": config.budget, "epsilon": config.epsilon,
         "input_shape": workload.input_shape, "dense": dense.to_json(), "config": config.to_json(),

@@ -34,11 +34,12 @@ def none_reason(pareto: dict[str, Any]) -> str:
     within = [m for m in pareto["pareto"] if m["cost_ratio"] is not None and m["cost_ratio"] <= budget + 1e-9]
     if not within:
         cheapest = min((m["cost_ratio"] for m in pareto["pareto"] if m["cost_ratio"] is not None), default=None)
-        reached = "no trial completed" if cheapest is None else f"the cheapest model reached {cost} ratio {cheapest:.3f}"
+        reached = "no trial completed" if cheapest is None else f"the cheapest reached {cost} ratio {cheapest:.3f}"
         return f"no model came within the budget {budget:g} ({reached}); raise --budget or search more trials."
     closest = max(within, key=lambda m: m["accuracy"])
-    return (f"within the budget, the most accurate model lost {100 * (pareto['dense']['accuracy'] - closest['accuracy']):.2f} "
-            f"points (epsilon {100 * epsilon:.2f}); raise --epsilon or --final-epochs, or search more trials.")
+    lost = pareto["dense"]["accuracy"] - closest["accuracy"]
+    return (f"within the budget, the most accurate model lost {100 * lost:.2f} points (epsilon {100 * epsilon:.2f}); "
+            "raise --epsilon or --final-epochs, or search more trials.")
 
 
 def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:

@@ -50,12 +50,14 @@ class SearchSpace:
     target_floor: float = 0.6  # the lowest cost target a trial aims at, as a fraction of the budget
     round_to: tuple[int, ...] = ROUND_TO  # the round_to values offered (those that can reach the budget)
     blocks: int = 0  # removable residual blocks: a per-group method that takes `blocks` may drop up to this many
-    block_share: float = 0.0  # mean share of the dense FLOPs in one removable block
+    block_share: float = 0.0  # mean share of the dense cost (FLOPs, or time with --cost latency) in one removable block
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs: torch.Tensor, layer_flops: dict[str, int], total_flops: int,
               methods: tuple[str, ...], budget: float, base_lr: float, target_floor: float = 0.6,
-              round_to: tuple[int, ...] = ROUND_TO) -> "SearchSpace":
+              round_to: tuple[int, ...] = ROUND_TO, layer_cost: dict[str, float] | None = None) -> "SearchSpace":
+        """`layer_cost`: each layer's share of the run's cost (e.g. its time), for how much one block is worth;
+        FLOPs when not given."""
         groups = prunable_groups(model, example_inputs)
         per_group = [m for m in methods if get_method(m).knob == "per_group"]
         if not groups and per_group:
@@ -63,10 +65,11 @@ class SearchSpace:
                              "use methods with one ratio for the whole model (global_magnitude, layer) or nm")
         deepens = any("blocks" in get_method(m).options and get_method(m).knob == "per_group" for m in methods)
         blocks = removable_blocks(model, example_inputs) if deepens else []
-        in_blocks = sum(f for name, f in layer_flops.items() if any(name.startswith(b + ".") for b in blocks))
+        costs, total = (layer_flops, total_flops) if layer_cost is None else (layer_cost, sum(layer_cost.values()))
+        in_blocks = sum(c for name, c in costs.items() if any(name.startswith(b + ".") for b in blocks))
         return cls(tuple(methods), groups, CostModel.build(layer_flops, total_flops, groups), budget, base_lr,
                    _depths(model, groups), target_floor, tuple(round_to) or (1,), len(blocks),
-                   in_blocks / total_flops / len(blocks) if blocks else 0.0)
+                   in_blocks / total / len(blocks) if blocks else 0.0)
 
     def target_range(self) -> tuple[float, float]:
         """Cost-ratio targets the search samples from: up to the budget, down to `target_floor` of it."""
@@ -143,10 +146,11 @@ class SearchSpace:
 
     def removed_blocks(self, params: dict[str, Any]) -> int:
         """Blocks a point removes: its `depth` share of the most that removal alone could take off before the cost
-        falls under the point's target (each block costing block_share), so depth never overshoots the target."""
+        falls under the point's target (each block costing block_share, rounded to the nearest whole block), so depth
+        never overshoots the target by more than half a block."""
         if not params.get("depth") or not self.block_share:
             return 0
-        most = min(self.blocks, int((1.0 - params.get("target", self.budget)) / self.block_share))
+        most = min(self.blocks, round((1.0 - params.get("target", self.budget)) / self.block_share))
         return min(most, int(params["depth"] * (most + 1)))
 
     def group_ratios(self, params: dict[str, Any], level: float) -> dict[str, float]:

@@ -44,6 +44,8 @@ def test_dense_widths_predict_the_dense_time(table: LatencyTable, resnet) -> Non
     assert table.predict_model_ratio(model) == pytest.approx(1.0)
     assert set(table.layers) == set(layer_widths(model))
     assert 0.4 <= table.coverage <= 1.2
+    assert len(table.probes) == 5 and 0.5 <= table.exponent <= 2.0  # calibrated on five pruned copies
+    assert all(0 < summed < 1 and 0 < measured < 1.2 for summed, measured in table.probes)
 
 
 def test_prediction_of_a_channel_pruned_net_is_within_25_percent_of_its_measured_ratio(table, resnet) -> None:
@@ -93,7 +95,7 @@ def test_masked_methods_cannot_reach_a_latency_budget(table, resnet) -> None:
 def test_default_space_holds_no_masked_method() -> None:
     methods = parse_config([]).methods
     assert methods and not any(get_method(m).masked for m in methods)
-    assert {"channel", "layer"} <= set(methods)
+    assert methods == ("channel",) and "blocks" in get_method("channel").options  # it removes blocks as layer does
 
 
 def test_latency_cost_run_on_digits_ends_with_a_pick_within_budget_or_says_why(cache_dir: Path, digits,

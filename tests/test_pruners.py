@@ -16,6 +16,7 @@ from pruners import (
     available_methods,
     bake,
     criteria_for,
+    default_methods,
     faster_methods,
     get_method,
     output_layers,
@@ -326,7 +327,7 @@ def test_channel_with_blocks_removes_depth_then_width() -> None:
 
 
 def test_method_traits_say_which_methods_run_faster_on_dense_kernels() -> None:
-    assert set(faster_methods()) == {"channel", "layer"}
+    assert set(faster_methods()) == {"channel", "layer"} and default_methods() == ["channel"]
     for name in ("magnitude", "global_magnitude", "nm"):
         assert get_method(name).masked and get_method(name).sparse_runtime
     assert get_method("nm").knob == "pattern" and get_method("layer").knob == "scalar"

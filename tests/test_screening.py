@@ -10,33 +10,37 @@ from search.backends.optuna_backend import record_screened
 from search.recover import ScreenedOut, recover
 from search.screening import MARGIN, RANK_MARGIN, screening_bar, stop_below
 
+DENSE = 0.92
+
 # (cost ratio, accuracy, screened accuracy) of finished trials; (0.40, 0.84, 0.5) is dominated by (0.30, 0.85, 0.4)
 FINISHED = [(0.50, 0.90, 0.6), (0.30, 0.85, 0.4), (0.40, 0.84, 0.5), (0.25, 0.80, 0.3)]
 
 
 def test_no_screening_until_enough_trials_are_seen() -> None:
-    bar = screening_bar([(0.5, 0.9)] * 3, FINISHED)
+    bar = screening_bar([(0.5, 0.9)] * 3, FINISHED, DENSE)
     assert bar is None and stop_below(bar, 0.5) is None
 
 
 def test_bar_keeps_the_largest_gain_and_the_front() -> None:
-    bar = screening_bar([(0.80, 0.90), (0.85, 0.88), (0.90, 0.91), (0.70, 0.75)], FINISHED)
+    bar = screening_bar([(0.80, 0.90), (0.85, 0.88), (0.90, 0.91), (0.70, 0.75)], FINISHED, DENSE)
     assert bar["largest_gain"] == pytest.approx(0.10)
     assert bar["front"] == [[0.25, 0.80, 0.3], [0.30, 0.85, 0.4], [0.50, 0.90, 0.6]]
+    assert bar["rank_floor"] == pytest.approx(0.46)
 
 
 def test_a_candidate_is_stopped_only_below_what_dominates_it_at_its_cost() -> None:
-    bar = screening_bar([(0.80, 0.90)] * 4, FINISHED)
+    bar = screening_bar([(0.80, 0.90)] * 4, FINISHED, 0.7)
     # at cost 0.45 the front at no higher cost is (0.25, 0.80, 0.3) and (0.30, 0.85, 0.4)
     assert stop_below(bar, 0.45) == pytest.approx(max(0.85 - 0.10 - MARGIN, 0.4 - RANK_MARGIN))
     assert stop_below(bar, 0.60) == pytest.approx(max(0.90 - 0.10 - MARGIN, 0.6 - RANK_MARGIN))
     assert stop_below(bar, 0.20) is None  # cheaper than every finished trial: it could only extend the front
 
 
-def test_when_recalibration_leaves_everything_near_chance_the_bar_follows_the_screened_front() -> None:
-    near_chance = [(0.50, 0.90, 0.12), (0.30, 0.85, 0.11)]
-    bar = screening_bar([(0.10, 0.92), (0.12, 0.89), (0.11, 0.91), (0.10, 0.85)], near_chance)
-    assert stop_below(bar, 0.6) == pytest.approx(0.12 - RANK_MARGIN)  # only a candidate below chance-level is stopped
+def test_when_recalibration_leaves_everything_near_chance_ranking_stops_nothing() -> None:
+    near_chance = [(0.50, 0.83, 0.20), (0.30, 0.72, 0.38)]  # as seen: the better screen ended the worse
+    bar = screening_bar([(0.20, 0.83), (0.38, 0.72), (0.11, 0.70), (0.15, 0.74)], near_chance, DENSE)
+    assert stop_below(bar, 0.6) == pytest.approx(0.83 - (0.83 - 0.20) - MARGIN)  # only the largest-gain rule
+    assert stop_below(bar, 0.6) < 0.38 - RANK_MARGIN
 
 
 def test_recover_stops_a_hopeless_candidate_before_finetuning(digits) -> None:

@@ -92,4 +92,4 @@ def test_depth_removes_blocks_without_overshooting_the_target(resnet_space, targ
     counts = [space.removed_blocks({"method": "channel", "depth": d, "target": target}) for d in (0.0, 0.5, 0.999)]
     assert counts[0] == 0 and counts == sorted(counts) and counts[-1] >= 1
     deepest = prune(model, x, method="channel", sparsity=0.0, blocks=counts[-1])
-    assert count_flops(deepest, x) / count_flops(model, x) >= target - 0.01  # channels still have work to do
+    assert count_flops(deepest, x) / count_flops(model, x) >= target - space.block_share / 2 - 0.01

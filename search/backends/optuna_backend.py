@@ -55,7 +55,7 @@ def screen_bar(study: optuna.Study, ctx: TrialContext) -> dict | None:
              for t in complete if t.user_attrs.get("accuracy_after_finetune") is not None]
     points = [(t.user_attrs["cost_ratio"], t.user_attrs["accuracy"], t.user_attrs["accuracy_before_finetune"])
               for t in complete if t.user_attrs.get("accuracy_after_finetune") is not None]
-    return screening_bar(pairs, points)
+    return screening_bar(pairs, points, ctx.dense.accuracy)
 
 
 def run_optuna(study: optuna.Study, ctx: TrialContext, *, show_progress: bool = True) -> None:
