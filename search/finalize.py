@@ -18,7 +18,7 @@ from search.config import RunConfig
 from search.final import FinalModel, final_finetune
 from search.measure.latency_table import LatencyTable
 from search.reference import DenseReference
-from search.study import record_test_accuracy, storage_url
+from search.study import record_by_trial, record_test_accuracy, storage_url
 from search.training import evaluate
 from search.trial import TrialContext, save_model
 from search.workloads import Workload
@@ -103,9 +103,7 @@ def _finetuned(study: optuna.Study, ctx: TrialContext, record: TrialRecord, allo
              "accuracy_loss": ctx.dense.accuracy - final.accuracy, "test_accuracy": final.test_accuracy,
              **final.measured, "cost_ratio": final.measured[f"{config.cost}_ratio"], "model_path": relative,
              "seconds": time.perf_counter() - started}
-    stored = dict(study.user_attrs.get(FINAL_ATTR) or {})
-    stored[str(record.number)] = entry
-    study.set_user_attr(FINAL_ATTR, stored)
+    record_by_trial(study, FINAL_ATTR, {record.number: entry})
     log.info("  trial %d: val %.4f -> %.4f, test %.4f (%.0f s)", record.number, record.accuracy, final.accuracy,
              final.test_accuracy, entry["seconds"])
     return entry, 1

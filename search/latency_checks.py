@@ -15,7 +15,7 @@ import torch
 from reports import TrialRecord, select_best
 from reports.records import BATCHES_ATTR, REMEASURED_ATTR, load_records
 from search.measure import compare_latency
-from search.study import storage_url
+from search.study import record_by_trial, storage_url
 from search.trial import TrialContext
 
 log = logging.getLogger(__name__)
@@ -33,12 +33,6 @@ def _timed(ctx: TrialContext, record: TrialRecord, batch_size: int, repeats: int
                            batch_size=batch_size, repeats=repeats, rounds=rounds)
 
 
-def _stored(study: optuna.Study, attr: str, number: int, entry: dict) -> None:
-    stored = dict(study.user_attrs.get(attr) or {})
-    stored[str(number)] = entry
-    study.set_user_attr(attr, stored)
-
-
 def time_both_batches(study: optuna.Study, front: list[TrialRecord], ctx: TrialContext) -> None:
     """Time every Pareto model at the batch regime the search did not use (1 or THROUGHPUT_BATCH)."""
     used = ctx.config.batch_size
@@ -54,7 +48,7 @@ def time_both_batches(study: optuna.Study, front: list[TrialRecord], ctx: TrialC
                                "dense_p50_ms": record.dense_latency_ms, "searched": True},
                    str(other): {"latency_ratio": stats["pruned"]["ratio"], "p50_ms": stats["pruned"]["p50_ms"],
                                 "dense_p50_ms": stats["dense"]["p50_ms"]}}
-        _stored(study, BATCHES_ATTR, record.number, {"model_path": record.model_path, "batches": batches})
+        record_by_trial(study, BATCHES_ATTR, {record.number: {"model_path": record.model_path, "batches": batches}})
 
 
 def remeasure_pick(study: optuna.Study, ctx: TrialContext) -> None:
@@ -73,7 +67,7 @@ def remeasure_pick(study: optuna.Study, ctx: TrialContext) -> None:
         deciles = statistics.quantiles(rounds, n=10)
         entry = {"model_path": best.model_path, "latency_ratio": stats["pruned"]["ratio"], "p10": deciles[0],
                  "p90": deciles[-1], "rounds": len(rounds), "search_latency_ratio": best.latency_ratio}
-        _stored(study, REMEASURED_ATTR, best.number, entry)
+        record_by_trial(study, REMEASURED_ATTR, {best.number: entry})
         log.info("pick re-measured (%d rounds): trial %d latency ratio %.3f (p10-p90 over rounds %.3f-%.3f; %.3f in "
                  "the search)", len(rounds), best.number, entry["latency_ratio"], entry["p10"], entry["p90"],
                  best.latency_ratio)

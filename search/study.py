@@ -80,8 +80,14 @@ def finished_count(study: optuna.Study) -> int:
                or (t.state == TrialState.FAIL and t.user_attrs.get("failure") != INTERRUPTED))
 
 
+def record_by_trial(study: optuna.Study, attr: str, entries: dict[int, Any]) -> None:
+    """Merge entries keyed by trial number into a study attribute: what is learnt about a trial after it finished
+    (Optuna freezes a finished trial's own attributes), which reports merge back into its record."""
+    stored = dict(study.user_attrs.get(attr) or {})
+    stored.update({str(number): entry for number, entry in entries.items()})
+    study.set_user_attr(attr, stored)
+
+
 def record_test_accuracy(study: optuna.Study, accuracies: dict[int, float]) -> None:
-    """Store test accuracies by trial number in the study attribute reports read (finished trials are frozen)."""
-    stored = dict(study.user_attrs.get(TEST_ACCURACY_ATTR) or {})
-    stored.update({str(number): accuracy for number, accuracy in accuracies.items()})
-    study.set_user_attr(TEST_ACCURACY_ATTR, stored)
+    """Store test accuracies by trial number in the study attribute reports read."""
+    record_by_trial(study, TEST_ACCURACY_ATTR, accuracies)
