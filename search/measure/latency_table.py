@@ -37,6 +37,8 @@ PROBE_ROUNDS = 20
 CALLS = 3  # forward passes per grid point per round (their median)
 WARMUP = 5  # passes for a unit's first round, which pays its allocations
 MIN_COVERAGE = 0.4  # the table models a network when its layers explain at least this share of the dense time
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU)
+"""Activation modules timed with the layer they follow (a unit: layer, batch norm, activation)."""
 FORMAT = 3  # part of the cache key: a table measured by an older way of measuring is never reused
 
 
@@ -212,8 +214,6 @@ def _layer_inputs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, _
         seen[name] = _Seen(shape, norm, activation)
     return seen
 
-
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU)
 
 
 def _signature(module: nn.Module, seen: _Seen) -> str:
