@@ -15,10 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# Fashion-MNIST from Debian's package where apt-get is available; otherwise pass --data-dir to the run.
+# Fashion-MNIST from Debian's package where apt-get is available: as root, or through sudo only when it needs no
+# password (never a prompt in CI); otherwise say how, and the run can take --data-dir instead.
 data:
 	@if [ ! -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null 2>&1; then \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+			echo "note: Fashion-MNIST is missing; install it with 'sudo apt-get install dataset-fashion-mnist' or pass --data-dir to search.run"; \
+			exit 0; fi; \
 		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
 		|| echo "warning: could not install dataset-fashion-mnist; pass --data-dir to search.run"; \
 	fi
@@ -27,6 +30,7 @@ run: setup data
 	$(PY) -m search.run $(ARGS)
 
 test: setup data
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 clean:

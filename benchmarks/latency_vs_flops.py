@@ -44,7 +44,8 @@ def build_variants(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, 
 
     Baking matters: live torch.nn.utils.prune hooks add a weight * mask product to every forward.
     """
-    return {name: bake(prune(model, example_inputs, **spec)) if spec else copy.deepcopy(model) if name != "dense" else model
+    return {name: bake(prune(model, example_inputs, **spec)) if spec
+            else copy.deepcopy(model) if name != "dense" else model
             for name, spec in VARIANTS.items()}
 
 

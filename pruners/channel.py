@@ -10,13 +10,20 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .criteria import (CALIBRATED, CHANNEL_CRITERIA, SEARCH_CRITERIA, check_calibration, clean_signals,
-                       gather_signals, make_importance)
+from .criteria import (
+    CALIBRATED,
+    CHANNEL_CRITERIA,
+    SEARCH_CRITERIA,
+    check_calibration,
+    clean_signals,
+    gather_signals,
+    make_importance,
+)
 from .fallback import by_parts
 from .fixups import fix_attributes
 from .graph import build_graph, forward, traceable
-from .layer import remove_blocks
 from .groups import ROOT_TYPES, PrunableGroup, groups_of, protected_layers
+from .layer import remove_blocks
 from .masks import bake
 from .registry import Sparsity, register
 from .sparsity import check_layer_keys

@@ -30,16 +30,17 @@ def make_importance(criterion: str) -> tp.importance.Importance:
 
 
 def check_calibration(criterion: str, calibration: object) -> Calibration | None:
-    """The (inputs, labels) pair a data-driven criterion needs; ValueError if it is missing or malformed."""
+    """The (inputs, labels) pair a data-driven criterion needs, as a tuple (a DataLoader's batch is a list: accepted);
+    ValueError if it is missing or malformed."""
     if criterion not in CALIBRATED:
         return None
-    if not (isinstance(calibration, tuple) and len(calibration) == 2
+    if not (isinstance(calibration, (tuple, list)) and len(calibration) == 2
             and all(isinstance(t, torch.Tensor) for t in calibration)):
         raise ValueError(
             f"criterion {criterion!r} needs option calibration=(inputs, labels) as two tensors, "
             f"got {type(calibration).__name__}"
         )
-    return calibration
+    return tuple(calibration)
 
 
 def gather_signals(importance: tp.importance.Importance, model: nn.Module, calibration: Calibration | None) -> None:
@@ -59,6 +60,6 @@ def clean_signals(model: nn.Module) -> None:
     """Remove gradients and stored activations so the pruned model carries nothing stale."""
     for module in model.modules():
         if "_importance" in module.__dict__:
-            del module._importance
+            del module.__dict__["_importance"]
     for p in model.parameters():
         p.grad = None

@@ -12,7 +12,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .graph import PRUNABLE_LAYERS, observe
+from .graph import observe
+from .layer_types import PRUNABLE_LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def part_inputs_of(module: nn.Module, inputs: torch.Tensor, name: str = "") -> d
     """
     calls: dict[str, list] = {sub: [] for sub, _ in module.named_modules() if sub}
 
-    def recorder(sub: str):
+    def recorder(sub: str) -> Callable[..., None]:
         def record(_m: nn.Module, args: tuple, kwargs: dict) -> None:
             one_tensor = len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)
             calls[sub].append(args[0] if one_tensor else None)

@@ -12,16 +12,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (
-    nn.modules.conv._ConvNd,
-    nn.Linear,
-    nn.MultiheadAttention,
-    nn.RNNBase,
-)
-"""Layers that transform features with a weight matrix; they end an output path."""
-
-PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
-"""Layers the methods prune (channels, masks)."""
+from .layer_types import CONV, PRUNABLE_LAYERS, WEIGHT_LAYERS
 
 
 def forward(model: nn.Module, example_inputs: torch.Tensor) -> torch.Tensor:
@@ -98,7 +89,7 @@ def input_coupled_layers(graph: tp.DependencyGraph) -> list[str]:
     names = {m: n for n, m in graph.model.named_modules()}
     found = []
     for module, node in graph.module2node.items():
-        if isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and _reaches_input(node):
+        if isinstance(module, CONV) and module.groups > 1 and _reaches_input(node):
             found.append(names[module])
     return found
 
@@ -132,7 +123,8 @@ class _Budget:
 
     def spend(self, received: int, produced: int) -> None:
         if produced > received and received > self.width:
-            raise IndexExplosion(f"a flatten mapping received {received} indices, more than the widest layer's {self.width}")
+            raise IndexExplosion(f"a flatten mapping received {received} indices, "
+                                 f"more than the widest layer's {self.width}")
         self.left -= produced
         if self.left < 0:
             raise IndexExplosion("index mappings exceeded their budget of channel indices")
@@ -197,7 +189,7 @@ def output_layers(model: nn.Module, example_inputs: torch.Tensor) -> list[str]:
     """
     layer_of: dict[object, str] = {}
 
-    def recorder(name: str):
+    def recorder(name: str) -> Callable[..., None]:
         def record(_m: nn.Module, _args: tuple, out: object) -> None:
             first = next(iter(_tensors(out)), None)
             if first is not None and first.grad_fn is not None:

@@ -11,9 +11,10 @@ import torch_pruning as tp
 from torch import nn
 
 from .fallback import by_parts
-from .graph import PRUNABLE_LAYERS, build_graph, input_coupled_layers, output_layers
+from .graph import build_graph, input_coupled_layers, output_layers
+from .layer_types import PRUNABLE_LAYERS
 
-ROOT_TYPES: list[type[nn.Module]] = [nn.modules.conv._ConvNd, nn.Linear]
+ROOT_TYPES: list[type[nn.Module]] = list(PRUNABLE_LAYERS)
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import logging
 import operator
+from collections.abc import Callable
 
 import torch
 import torch.fx as fx
 from torch import nn
 
 from .criteria import Calibration
-from .graph import PRUNABLE_LAYERS, observe, output_layers
+from .graph import observe, output_layers
+from .layer_types import PRUNABLE_LAYERS
 from .registry import Sparsity, register
 
 log = logging.getLogger(__name__)
@@ -69,7 +71,7 @@ def _same_shape(model: nn.Module, inputs: torch.Tensor, names: list[str]) -> dic
     seen: dict[str, bool] = {}
     modules = dict(model.named_modules())
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[..., None]:
         def record(_m: nn.Module, args: tuple, out: object) -> None:
             same = len(args) == 1 and isinstance(out, torch.Tensor) and args[0].shape == out.shape
             seen[name] = seen.get(name, True) and same
@@ -91,12 +93,13 @@ def block_scores(model: nn.Module, blocks: list[str], criterion: str, inputs: to
     if criterion == "l1":
         scores = {}
         for b in blocks:
-            weights = [m.weight.detach().abs().flatten() for m in modules[b].modules() if isinstance(m, PRUNABLE_LAYERS)]
+            weights = [m.weight.detach().abs().flatten() for m in modules[b].modules()
+                       if isinstance(m, PRUNABLE_LAYERS)]
             scores[b] = float(torch.cat(weights).mean()) if weights else 0.0
         return scores
     sums: dict[str, float] = {}
 
-    def hook(name: str):
+    def hook(name: str) -> Callable[..., None]:
         def record(_m: nn.Module, args: tuple, out: torch.Tensor) -> None:
             sums[name] = sums.get(name, 0.0) + float((out - args[0]).norm() / args[0].norm().clamp_min(1e-12))
         return record
@@ -116,7 +119,8 @@ def layer(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, cr
     given, else on `example_inputs`.
     """
     if isinstance(sparsity, dict):
-        raise ValueError("method 'layer' takes one float sparsity, not a per-layer dict; use option blocks=N for a count")
+        raise ValueError("method 'layer' takes one float sparsity, not a per-layer dict; "
+                         "use option blocks=N for a count")
     if blocks is None and sparsity == 0:
         return model
     candidates = removable_blocks(model, example_inputs)
@@ -136,7 +140,7 @@ def remove_blocks(model: nn.Module, example_inputs: torch.Tensor, count: int, cr
         raise ValueError(f"blocks={count!r} is invalid; use an int in [0, {len(candidates)}] for this model")
     if count == 0:
         return []
-    inputs = calibration[0] if isinstance(calibration, tuple) else calibration
+    inputs = calibration[0] if isinstance(calibration, (tuple, list)) else calibration
     scores = block_scores(model, candidates, criterion, example_inputs if inputs is None else inputs)
     removed = sorted(candidates, key=scores.__getitem__)[:count]
     for name in removed:

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from .graph import PRUNABLE_LAYERS, observe, output_layers
+from .graph import observe, output_layers
+from .layer_types import PRUNABLE_LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def bake(model: nn.Module) -> nn.Module:
     Saved models are always baked first; a model with no masks passes through unchanged.
     """
     for module in model.modules():
-        names = [h._tensor_name for h in module._forward_pre_hooks.values() if isinstance(h, prune.BasePruningMethod)]
+        hooks = module._forward_pre_hooks.values()  # noqa: SLF001 - torch.nn.utils.prune keeps its state in hooks only
+        names = [h._tensor_name for h in hooks if isinstance(h, prune.BasePruningMethod)]  # noqa: SLF001
         for name in names:
             prune.remove(module, name)
     return model

@@ -6,7 +6,7 @@ import numbers
 
 from torch import nn
 
-from .graph import PRUNABLE_LAYERS
+from .layer_types import PRUNABLE_LAYERS
 from .registry import Sparsity
 
 log = logging.getLogger(__name__)

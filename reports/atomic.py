@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import IO
 
 
-def _replace_with(path: Path, fill: Callable[[IO[bytes]], None]) -> None:
+def write_with(path: Path, fill: Callable[[IO[bytes]], None]) -> None:
     """Create a temp file next to `path` (usual umask permissions), let `fill` write it, move it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -27,10 +27,15 @@ def _replace_with(path: Path, fill: Callable[[IO[bytes]], None]) -> None:
 
 def write_text(path: Path, text: str) -> None:
     """Write UTF-8 text to `path` atomically."""
-    _replace_with(path, lambda tmp: tmp.write(text.encode("utf-8")))
+    write_with(path, lambda tmp: tmp.write(text.encode("utf-8")))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
+    write_with(path, lambda tmp: tmp.write(data))
 
 
 def copy_file(source: Path, path: Path) -> None:
     """Copy `source` to `path` atomically."""
     with open(source, "rb") as src:
-        _replace_with(path, lambda tmp: shutil.copyfileobj(src, tmp))
+        write_with(path, lambda tmp: shutil.copyfileobj(src, tmp))

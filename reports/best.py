@@ -1,4 +1,5 @@
-"""The best/ folder: a copy of the pick's saved model and its policy, or no folder when there is no pick."""
+"""The best/ folder: copies of the pick's saved model (whole module and weights file) and its policy, or no folder
+when there is no pick."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ from pathlib import Path
 
 from reports.atomic import copy_file, write_text
 from reports.records import TrialRecord
+from reports.run_files import confined_path, weights_path
 from reports.summary import to_json
+
+BEST_WEIGHTS = str(weights_path("model.pt"))  # best/model.weights.pt: the pick as tensors, safe to load
 
 
 class BestFiles(enum.Enum):
@@ -20,10 +24,10 @@ class BestFiles(enum.Enum):
 
 
 def model_file(run_dir: Path, record: TrialRecord) -> Path | None:
-    """The trial's saved model (model_path is relative to the run folder), if it exists."""
+    """The trial's saved model (model_path is relative to the run folder, and must stay in it), if it exists."""
     if not record.model_path:
         return None
-    path = run_dir / record.model_path
+    path = confined_path(run_dir, record.model_path)
     return path if path.is_file() else None
 
 
@@ -35,8 +39,11 @@ def write_best(run_dir: Path, best: TrialRecord | None) -> BestFiles:
         return BestFiles.NO_PICK
     write_text(folder / "policy.json", to_json(best.policy or {}))
     source = model_file(run_dir, best)
-    if source is None:
-        (folder / "model.pt").unlink(missing_ok=True)
+    weights = None if source is None else confined_path(run_dir, str(weights_path(best.model_path)))
+    if source is None or not weights.is_file():
+        for name in ("model.pt", BEST_WEIGHTS):
+            (folder / name).unlink(missing_ok=True)
         return BestFiles.MODEL_MISSING
     copy_file(source, folder / "model.pt")
+    copy_file(weights, folder / BEST_WEIGHTS)
     return BestFiles.WRITTEN

@@ -19,9 +19,13 @@ from reports.selection import closest_to_epsilon, within_budget
 REASON_CHARS = 160
 LOAD_SNIPPET = """import json
 import torch
+from search.model_files import rebuild
 
-model = torch.load("best/model.pt", weights_only=False)  # the whole pruned nn.Module
-policy = json.load(open("best/policy.json"))"""
+policy = json.load(open("best/policy.json"))
+# tensors only, nothing unpickled: rebuilt on the dense model the run searched (your workload's model)
+model = rebuild(dense_model, torch.load("best/model.weights.pt", weights_only=True))
+# or the whole pruned nn.Module, a pickle: only from a folder you trust
+model = torch.load("best/model.pt", weights_only=False)"""
 
 
 @dataclass
@@ -88,6 +92,8 @@ def _run_section(inputs: ReportInputs) -> Section:
     paragraphs = ["\"Stopped early\" is Optuna's early stop of a hopeless trial (Optuna calls it pruning); "
                   "it has nothing to do with pruning weights."] if stopped else []
     rows.append(["latency table", _table_text(info, trials)])
+    for step, reason in info.final_errors.items():
+        rows.append([f"final stage: {step}", f"failed ({reason}); the figures here are the search's"])
     return Section("Run", paragraphs, Table(["", "value"], rows))
 
 
@@ -269,13 +275,14 @@ def _plots_section(inputs: ReportInputs) -> Section:
 def _load_section(inputs: ReportInputs) -> Section:
     if inputs.best_files != BestFiles.WRITTEN:
         return Section("Loading a model", [
-            "There is no pick to load. Any trial's saved model lies at its model_path (trials.csv), "
-            'relative to the run folder: torch.load(path, weights_only=False).'
-        ])
+            "There is no pick to load. Any trial's saved model lies at its model_path (trials.csv), relative to the "
+            "run folder, with its tensors beside it (model.weights.pt for model.pt): rebuild it as below."
+        ], code=LOAD_SNIPPET.replace("best/", "trials/NNNNN/"), code_language="python")
     return Section(
         "Loading the pick",
-        ["From the run folder (the file holds the whole pruned nn.Module, hence weights_only=False; "
-         "load only files you trust):"],
+        ["From the run folder: best/model.weights.pt holds only tensors and shapes, loaded with weights_only=True and "
+         "rebuilt on the dense model; best/model.pt holds the whole pruned nn.Module, a pickle that can run code: "
+         "load it only from a folder you trust."],
         code=LOAD_SNIPPET,
         code_language="python",
     )

@@ -13,11 +13,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from reports.run_files import ReportError, run_relative
+from reports.schema import MEASURED_FIELDS
+
 REQUIRED_STUDY_ATTRS = ("workload", "cost_metric", "budget", "epsilon", "dense")
-
-
-class ReportError(Exception):
-    """The study cannot be reported on (missing storage, study or required attributes)."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,7 @@ class RunInfo:
     config: dict[str, Any]
     space: dict[str, Any]
     latency_table: dict[str, Any] | None = None  # search.measure.latency_table.LatencyTable.describe()
+    final_errors: dict[str, str] = field(default_factory=dict)  # final-stage step -> why it failed
 
 
 @dataclass(frozen=True)
@@ -123,10 +123,9 @@ def _policy(value: Any) -> dict[str, Any] | None:
 TEST_ACCURACY_ATTR = "test_accuracy"  # study attr {trial number: accuracy}: finished trials cannot take new attrs
 FINAL_ATTR = "final"  # study attr {trial number: metrics after the final fine-tune (search --final-epochs)}
 BATCHES_ATTR = "latency_by_batch"  # study attr {trial number: {batch size: latency stats and ratio}}
+FINAL_ERRORS_ATTR = "final_stage_errors"  # study attr {final-stage step: why it failed}; the report says it
 REMEASURED_ATTR = "remeasured"  # study attr {trial number: the pick's latency ratio re-measured with more rounds}
-FINAL_FIELDS = ("accuracy", "accuracy_loss", "test_accuracy", "flops", "params", "size_bytes", "latency_ms",
-                "latency_p90_ms", "dense_latency_ms", "flops_ratio", "params_ratio", "latency_ratio", "cost_ratio",
-                "model_path", "predicted_latency_ratio")
+FINAL_FIELDS = ("accuracy", "accuracy_loss", "test_accuracy", *MEASURED_FIELDS, "cost_ratio", "model_path")
 
 
 def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = None) -> TrialRecord:
@@ -162,7 +161,7 @@ def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = 
         flops_ratio=_float(attrs.get("flops_ratio")),
         params_ratio=_float(attrs.get("params_ratio")),
         latency_ratio=_float(attrs.get("latency_ratio")),
-        model_path=_str(attrs.get("model_path")),
+        model_path=run_relative(attrs.get("model_path")),
         failure=_str(attrs.get("failure")),
         stopped_reason=_str(attrs.get("stopped_reason")),
         seconds=_float(attrs.get("seconds")),
@@ -174,8 +173,9 @@ def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = 
 
 
 def with_final(record: TrialRecord, final: dict[str, Any] | None) -> TrialRecord:
-    """The record as the final fine-tune left it: its metrics and model replace the search-time ones."""
-    if not final:
+    """The record as the final fine-tune left it: its metrics and model replace the search-time ones, unless it
+    made the model worse on validation (kept "search"), when the search's model and figures stay."""
+    if not final or final.get("kept") == "search":
         return record
     merged = trial_record_fields(final)
     return replace(record, **{k: v for k, v in merged.items() if v is not None},
@@ -197,7 +197,7 @@ def with_latency_checks(record: TrialRecord, batches: dict[str, Any] | None, rem
 
 def trial_record_fields(attrs: dict[str, Any]) -> dict[str, Any]:
     """The FINAL_FIELDS of an attrs dict, typed as TrialRecord holds them."""
-    kinds = {"flops": _int, "params": _int, "size_bytes": _int, "model_path": _str}
+    kinds = {"flops": _int, "params": _int, "size_bytes": _int, "model_path": run_relative}
     return {name: kinds.get(name, _float)(attrs.get(name)) for name in FINAL_FIELDS}
 
 
@@ -217,6 +217,7 @@ def run_info(attrs: dict[str, Any]) -> RunInfo:
         config=dict(attrs.get("config") or {}),
         space=dict(attrs.get("space") or {}),
         latency_table=attrs.get("latency_table"),
+        final_errors=dict(attrs.get(FINAL_ERRORS_ATTR) or {}),
     )
 
 

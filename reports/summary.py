@@ -77,6 +77,7 @@ def build_summary(
         "best": None if best is None else model_entry(best),
         "pareto": [model_entry(r) for r in front],
         "trials": state_counts(trials),
+        "final_stage_errors": dict(info.final_errors),
     }
 
 

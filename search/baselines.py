@@ -8,13 +8,16 @@ import optuna
 from pruners import get_method
 from spaces import SearchSpace
 
+BASELINE_LABEL = "baseline:"  # the label prefix of a warm-start trial: baseline:uniform_l1, ...
+
 
 def baseline_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
     """Uniform L1 channel pruning, Torch-Pruning's global group-L2 ranking and uniform magnitude, at the budget."""
     uniform = {"allocation": "shaped", "stream_share": 1.0, "depth_tilt": 0.0}
     common = {"lr_scale": 1.0, "distill": 0.0, "target": space.budget}
     points = {
-        "uniform_l1": {"method": "channel", "criterion": "l1", "round_to": 1, "ranking": "per_group", **uniform, **common},
+        "uniform_l1": {"method": "channel", "criterion": "l1", "round_to": 1, "ranking": "per_group", **uniform,
+                       **common},
         "tp_global": {"method": "channel", "criterion": "l2", "round_to": 1, "ranking": "global", **common},
         "uniform_magnitude": {"method": "magnitude", **uniform, **common},
     }
@@ -30,5 +33,5 @@ def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[str]:
         return []
     points = baseline_points(space)
     for name, params in points.items():
-        study.enqueue_trial(params, user_attrs={"label": f"baseline:{name}"})
+        study.enqueue_trial(params, user_attrs={"label": f"{BASELINE_LABEL}{name}"})
     return list(points)

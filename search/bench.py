@@ -1,13 +1,16 @@
 """`python -m search.bench`: the searched policy against the baselines a user would pick by hand, per budget.
 
-Arms at each budget, one dense model, the same final fine-tune for every final model:
-- search: TPE over the structured methods that really run faster (channel, layer);
+Arms at each FLOPs budget (--budgets), one dense model:
+- search: TPE over the structured methods that really run faster (channel, with block removal);
+- search_own: the same study, its own trials only (the warm-start baselines left out);
 - search_all: TPE over every method (masked ones included), reported beside it;
 - random_search: random sampling over the same space as `search`, the same number of trials;
 - uniform_l1, tp_global, uniform_magnitude: the hand-picked baselines (the studies' warm-start trials).
-A search arm's final model comes from the product's own final stage (search --final-epochs): its --finalists most
-accurate Pareto models within the budget are re-pruned and fine-tuned for --final-epochs, and the most accurate of
-them by validation accuracy is its pick. A baseline is its warm-start trial, re-pruned and fine-tuned the same way.
+At each latency budget (--latency-budgets): search and search_own against uniform_l1 and tp_global, every one
+fitted to the same measured latency.
+Fair by construction: every arm has one candidate (its most accurate trial within the budget, at search fidelity),
+and every candidate gets the same final fine-tune (--final-epochs, the product's recipe) under each of --seeds
+seeds; rows give the mean and the spread, and the verdict calls a difference a win only beyond the spread.
 Writes DIR/bench.json and DIR/bench.md.
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import sys
 import time
 from dataclasses import replace
@@ -24,109 +28,159 @@ from scipy.stats import spearmanr
 
 from pruners import available_methods, faster_methods, get_method
 from reports import TrialRecord, load_records
-from search.config import ConfigError, RunConfig, parse_config
-from search.finalize import refinetune
-from search.reference import measure_dense
-from search.run import configure_logging, finish, prepare, run_backend
+from reports.atomic import write_text
+from reports.selection import TOLERANCE
+from search.baselines import BASELINE_LABEL
+from search.config import MIN_BUDGET, ConfigError, RunConfig, parse_config
+from search.finalize import FinalModel, refinetune
+from search.pipeline import USER_ERRORS, prepare, run_backend
+from search.reference import DenseReference, measure_dense
+from search.run import configure_logging
 from search.study import storage_url
-from search.workloads import WorkloadError, build_workload
+from search.workloads import Workload, build_workload
 
 log = logging.getLogger("search.bench")
 STRUCTURED = tuple(faster_methods())
 EVERY_METHOD = tuple(m for m in available_methods() if get_method(m).knob != "pattern")
-SEARCH_ARMS = {"search": (STRUCTURED, "tpe"), "search_all": (EVERY_METHOD, "tpe"), "random_search": (STRUCTURED, "random")}
+SEARCH_ARMS = {"search": (STRUCTURED, "tpe"), "search_all": (EVERY_METHOD, "tpe"),
+               "random_search": (STRUCTURED, "random")}
 BASELINES = ("uniform_l1", "tp_global", "uniform_magnitude")
+STRUCTURED_BASELINES = ("uniform_l1", "tp_global")
 BENCH_TARGET_FLOOR = 0.9  # the benchmark asks for the most accurate model at each budget: aim trials near it
 
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
     parser = argparse.ArgumentParser(prog="python -m search.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--budgets", default="0.25,0.5,0.75", help="comma-separated budgets (cost ratios)")
+    parser.add_argument("--latency-budgets", default="",
+                        help="comma-separated latency budgets: the structured search against the structured baselines "
+                             "fitted to the same measured latency (default: none)")
     parser.add_argument("--final-epochs", type=float, default=1.0, help="fine-tuning of every final model, in epochs")
-    parser.add_argument("--finalists", type=int, default=2,
-                        help="models per search arm given the final fine-tune (its most accurate within the budget)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds each arm's final fine-tune is repeated under (mean and spread reported)")
     args, rest = parser.parse_known_args(argv)
-    try:
-        budgets = [float(b) for b in args.budgets.split(",")]
-    except ValueError:
-        raise ConfigError(f"--budgets {args.budgets!r} is not a comma-separated list of numbers") from None
-    if not budgets or any(not 0 < b <= 1 for b in budgets):
-        raise ConfigError(f"--budgets {args.budgets}: every budget must be in (0, 1]")
+    args.budgets = _budgets("--budgets", args.budgets)
+    args.latency_budgets = _budgets("--latency-budgets", args.latency_budgets) if args.latency_budgets else []
+    if not args.budgets and not args.latency_budgets:
+        raise ConfigError("--budgets and --latency-budgets are both empty: give at least one budget")
     if not args.final_epochs > 0:
         raise ConfigError(f"--final-epochs {args.final_epochs} must be above 0: every final model is fine-tuned")
-    if args.finalists < 1:
-        raise ConfigError(f"--finalists {args.finalists} must be 1 or more")
-    args.budgets = budgets
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds {args.seeds} must be 1 or more")
     if not any(a == "--target-floor" or a.startswith("--target-floor=") for a in rest):
         rest = [*rest, "--target-floor", str(BENCH_TARGET_FLOOR)]
     return args, parse_config(rest)
 
 
-def most_accurate_within(trials: list[TrialRecord], budget: float, label: str | None = None) -> TrialRecord | None:
-    """The complete trial with the best validation accuracy at or under the budget (optionally of one label)."""
-    fitting = [t for t in trials if t.is_complete and t.cost_ratio is not None and t.cost_ratio <= budget + 1e-9
-               and (label is None or t.label == label)]
+def _budgets(flag: str, text: str) -> list[float]:
+    try:
+        budgets = [float(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not a comma-separated list of numbers") from None
+    if any(not MIN_BUDGET <= b <= 1 for b in budgets):
+        raise ConfigError(f"{flag} {text}: every budget must be in [{MIN_BUDGET:g}, 1]")
+    return budgets
+
+
+def most_accurate_within(trials: list[TrialRecord], budget: float, label: str | None = None,
+                         own: bool = False) -> TrialRecord | None:
+    """The complete trial with the best validation accuracy at or under the budget: of one `label`, or (`own`) only
+    the search's own trials, the warm-start baselines left out."""
+    fitting = [t for t in trials if t.is_complete and t.cost_ratio is not None and t.cost_ratio <= budget + TOLERANCE
+               and (label is None or t.label == label) and not (own and (t.label or "").startswith(BASELINE_LABEL))]
     return max(fitting, key=lambda t: (t.accuracy, -t.cost_ratio), default=None)
 
 
+def bench_points(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """(cost metric, budget) of every row block: the FLOPs budgets, then the latency budgets."""
+    return [("flops", b) for b in args.budgets] + [("latency", b) for b in args.latency_budgets]
+
+
 def run_bench(args: argparse.Namespace, base: RunConfig) -> dict[str, Any]:
-    """Run every arm at every budget; returns bench.json's dict."""
+    """Search every arm at every budget, then give each arm's one candidate the same final fine-tune over --seeds
+    seeds; returns bench.json's dict."""
     workload = build_workload(base.workload, seed=base.seed, cache_dir=base.cache_dir, data_dir=base.data_dir,
                               device=base.device)
     dense = measure_dense(workload, device=base.device, threads=base.threads, batch_size=base.batch_size)
     results: dict[str, dict[str, Any]] = {}
     searched: list[TrialRecord] = []
     by_budget: dict[str, dict[str, float | None]] = {}
-    for budget in args.budgets:
-        row: dict[str, Any] = {}
+    for cost, budget in bench_points(args):
+        key = f"{budget:g}" if cost == "flops" else f"latency-{budget:g}"
+        candidates: dict[str, tuple[TrialRecord | None, float, RunConfig]] = {}
         at_budget: list[TrialRecord] = []
         for arm, (methods, sampler) in SEARCH_ARMS.items():
-            config = replace(base, budget=budget, methods=methods, sampler=sampler, final_epochs=args.final_epochs,
-                             out=base.out / f"budget-{budget:g}" / arm)
+            if cost == "latency" and arm != "search":
+                continue  # at a latency budget: the structured search against the structured baselines
+            config = replace(base, cost=cost, budget=budget, methods=methods, sampler=sampler,
+                             out=base.out / key / arm)
             started = time.perf_counter()
             study, ctx = prepare(config, workload, dense)
             run_backend(study, ctx)
-            finish(study, ctx, show=False, finalists=args.finalists, most_accurate=True)
-            trials = load_records(storage_url(config.out)).trials
-            at_budget += load_records(storage_url(config.out), final=False).trials
-            finalized = [t for t in trials if t.final_epochs is not None]
-            row[arm] = _record_row(most_accurate_within(finalized, budget), time.perf_counter() - started)
-            if arm == "search_all":
-                for name in BASELINES:
-                    row[name] = _baseline_row(most_accurate_within(trials, 1.0, f"baseline:{name}"), workload, dense,
-                                              config)
+            seconds = time.perf_counter() - started
+            trials = load_records(storage_url(config.out), final=False).trials
+            at_budget += trials
+            candidates[arm] = (most_accurate_within(trials, budget), seconds, config)
+            if arm == "search":
+                candidates["search_own"] = (most_accurate_within(trials, budget, own=True), seconds, config)
+            if arm == ("search" if cost == "latency" else "search_all"):
+                for name in STRUCTURED_BASELINES if cost == "latency" else BASELINES:
+                    pick = next((t for t in trials if t.label == f"{BASELINE_LABEL}{name}" and t.policy), None)
+                    candidates[name] = (pick, 0.0, config)
+        row = final_rows(candidates, workload, dense, budget, args)
         for arm, result in row.items():
-            log.info("budget %g %-17s %s", budget, arm, result)
-        results[f"{budget:g}"] = row
+            log.info("%s %g %-17s %s", cost, budget, arm, result)
+        results[key] = row
         searched += at_budget
-        by_budget[f"{budget:g}"] = _screening(at_budget)
+        by_budget[key] = _screening(at_budget)
     return {"workload": base.workload, "trials": base.trials, "finetune_epochs": base.finetune_epochs,
-            "final_epochs": args.final_epochs, "finalists": args.finalists, "dense": dense.to_json(),
+            "final_epochs": args.final_epochs, "seeds": args.seeds, "finalists": 1, "dense": dense.to_json(),
             "budgets": results, "screening": {**_screening(searched), "by_budget": by_budget}}
 
 
-def _record_row(pick: TrialRecord | None, seconds: float) -> dict | None:
-    """A search arm's result: its pick after the final fine-tune, and the wall time of the whole arm."""
-    if pick is None:
-        return None
-    return {"accuracy": pick.accuracy, "test_accuracy": pick.test_accuracy, "flops_ratio": pick.flops_ratio,
-            "latency_ratio": pick.latency_ratio, "seconds": seconds, "trial": pick.number, "method": pick.method}
+def final_rows(candidates: dict[str, tuple[TrialRecord | None, float, RunConfig]], workload: Workload,
+               dense: DenseReference, budget: float, args: argparse.Namespace) -> dict[str, dict | None]:
+    """Every arm's candidate re-pruned and fine-tuned --final-epochs under each of --seeds seeds, the same recipe for
+    all; a candidate two arms share (the search's pick is often its own trial) is fine-tuned once for both."""
+    done: dict[tuple[str, int], tuple[list[FinalModel], float]] = {}
+    row: dict[str, dict | None] = {}
+    for arm, (pick, search_seconds, config) in candidates.items():
+        if pick is None or pick.policy is None:
+            row[arm] = None
+            continue
+        which = (str(config.out), pick.number)
+        if which not in done:
+            started = time.perf_counter()
+            runs = [refinetune(pick, workload, dense, replace(config, final_epochs=args.final_epochs,
+                                                              seed=config.seed + s))
+                    for s in range(args.seeds)]
+            done[which] = (runs, time.perf_counter() - started)
+        runs, final_seconds = done[which]
+        prune_seconds = search_seconds or (pick.seconds or 0.0)  # a baseline pays its own trial: prune and fit
+        row[arm] = arm_row(pick, runs, prune_seconds + final_seconds, budget, config.cost)
+    return row
 
 
-def _baseline_row(pick: TrialRecord | None, workload, dense, config: RunConfig) -> dict | None:  # noqa: ANN001
-    """A baseline's warm-start trial, re-pruned and given the same final fine-tune as the search arms' finalists."""
-    if pick is None or pick.policy is None:
-        return None
-    started = time.perf_counter()
-    final = refinetune(pick, workload, dense, config)
-    return {"accuracy": final.accuracy, "test_accuracy": final.test_accuracy, "flops_ratio": final.flops_ratio,
-            "latency_ratio": final.latency_ratio, "seconds": (pick.seconds or 0.0) + time.perf_counter() - started,
-            "trial": pick.number, "method": pick.method}
+def arm_row(pick: TrialRecord, runs: list[FinalModel], seconds: float, budget: float, cost: str) -> dict[str, Any]:
+    """One arm's result: means over the seeds' final fine-tunes, each seed's test accuracy, the spread, the costs
+    (FLOPs from the model, latency ratio the median of the runs' interleaved timings), over_budget where the final
+    model's cost misses the budget."""
+    tests = [run.test_accuracy for run in runs]
+    cost_ratio = statistics.median(run.measured.ratio(cost) for run in runs)
+    return {"accuracy": statistics.fmean(run.accuracy for run in runs), "test_accuracy": statistics.fmean(tests),
+            "flops_ratio": runs[0].measured.flops_ratio,
+            "latency_ratio": statistics.median(run.measured.latency_ratio for run in runs),
+            "seconds": seconds, "trial": pick.number, "method": pick.method, "label": pick.label,
+            "test_accuracy_runs": tests, "test_accuracy_mean": statistics.fmean(tests),
+            "test_accuracy_sd": statistics.stdev(tests) if len(tests) > 1 else 0.0, "final_finetunes": len(runs),
+            "cost_ratio": cost_ratio, "over_budget": cost_ratio > budget + TOLERANCE}
 
 
 def _screening(trials: list[TrialRecord]) -> dict[str, float | None]:
-    """How well the screened (BN-recalibrated) accuracy ranks the fine-tuned one, and what a screen costs."""
-    pairs = [(t.accuracy_before_finetune, t.accuracy) for t in trials
+    """How well the screened (BN-recalibrated) accuracy ranks the fine-tuned one, and what a screen costs. The
+    fine-tuned accuracy, not the kept one (the better of the two): where fine-tuning hurt, the kept accuracy is the
+    screened one itself and would count as a perfect pair."""
+    pairs = [(t.accuracy_before_finetune, t.accuracy_after_finetune) for t in trials
              if t.is_complete and t.accuracy_before_finetune is not None and t.accuracy_after_finetune is not None]
     seconds = [t.screen_seconds for t in trials if t.screen_seconds is not None]
     rho = float(spearmanr(*zip(*pairs)).statistic) if len(pairs) >= 3 else None
@@ -135,22 +189,28 @@ def _screening(trials: list[TrialRecord]) -> dict[str, float | None]:
 
 
 def bench_markdown(bench: dict[str, Any]) -> str:
-    """bench.md: one table per budget, test accuracy, FLOPs and latency ratios side by side, and the wall time paid."""
+    """bench.md: one table per budget (mean and spread of test accuracy over the seeds, FLOPs and latency ratios,
+    the wall time paid, over-budget rows marked), the verdict of the search against the best structured baseline,
+    and how well screening ranked."""
     lines = [f"# Benchmark: {bench['workload']}", "",
-             f"{bench['trials']} trials per search, {bench['finetune_epochs']} fine-tune epochs per trial, "
-             f"{bench['final_epochs']} final epochs for every final model ({bench['finalists']} finalists per search "
-             "arm, its most accurate within the budget). Dense: validation "
+             f"{bench['trials']} trials per search, {bench['finetune_epochs']} fine-tune epochs per trial. Every arm's "
+             f"one candidate (its most accurate within the budget) gets the same final fine-tune of "
+             f"{bench['final_epochs']} epochs under {bench['seeds']} seeds. Dense: validation "
              f"{100 * bench['dense']['accuracy']:.2f}%, test {100 * bench['dense']['test_accuracy']:.2f}%.", ""]
     for budget, row in bench["budgets"].items():
-        lines += [f"## Budget {budget}", "", "| arm | method | val acc | test acc | FLOPs ratio | latency ratio | seconds |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"## Budget {budget}", "",
+                  "| arm | method | val acc | test acc (mean ± sd) | runs | FLOPs ratio | latency ratio | seconds | |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for arm, r in row.items():
             if r is None:
-                lines.append(f"| {arm} | none within budget | | | | | |")
+                lines.append(f"| {arm} | none within budget | | | | | | | |")
                 continue
-            lines.append(f"| {arm} | {r['method']} | {100 * r['accuracy']:.2f}% | {100 * r['test_accuracy']:.2f}% | "
-                         f"{r['flops_ratio']:.3f} | {r['latency_ratio']:.3f} | {r['seconds']:.0f} |")
-        lines.append("")
+            runs = ", ".join(f"{100 * t:.2f}" for t in r["test_accuracy_runs"])
+            note = "over budget" if r["over_budget"] else ""
+            lines.append(f"| {arm} | {r['method']} | {100 * r['accuracy']:.2f}% | {100 * r['test_accuracy_mean']:.2f}"
+                         f"% ± {100 * r['test_accuracy_sd']:.2f} | {runs} | {r['flops_ratio']:.3f} | "
+                         f"{r['latency_ratio']:.3f} | {r['seconds']:.0f} | {note} |")
+        lines += ["", verdict(row), ""]
     s = bench["screening"]
     rho = "n/a" if s["spearman"] is None else f"{s['spearman']:.3f}"
     cost = "n/a" if s["seconds_per_candidate"] is None else f"{s['seconds_per_candidate']:.2f} s"
@@ -164,17 +224,30 @@ def bench_markdown(bench: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def verdict(row: dict[str, dict | None]) -> str:
+    """search_own against the best structured baseline within budget, by mean test accuracy: a win or a loss only
+    beyond the two arms' spreads added (their standard deviations over the seeds), else a tie."""
+    own = row.get("search_own")
+    baselines = [(name, row[name]) for name in STRUCTURED_BASELINES if row.get(name) and not row[name]["over_budget"]]
+    if own is None or own["over_budget"] or not baselines:
+        return "Verdict: nothing to compare (no own search model or no baseline within budget)."
+    name, best = max(baselines, key=lambda item: item[1]["test_accuracy_mean"])
+    gap = own["test_accuracy_mean"] - best["test_accuracy_mean"]
+    spread = own["test_accuracy_sd"] + best["test_accuracy_sd"]
+    word = "win" if gap > spread else "loss" if gap < -spread else "tie (within the spread)"
+    return f"Verdict: search_own {100 * gap:+.2f} pt against {name}, spread {100 * spread:.2f} pt: {word}."
+
+
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
     try:
         args, base = parse_args(argv)
         bench = run_bench(args, base)
-    except (ConfigError, WorkloadError) as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    base.out.mkdir(parents=True, exist_ok=True)
-    (base.out / "bench.json").write_text(json.dumps(bench, indent=2))
-    (base.out / "bench.md").write_text(bench_markdown(bench))
+    write_text(base.out / "bench.json", json.dumps(bench, indent=2))
+    write_text(base.out / "bench.md", bench_markdown(bench))
     print(bench_markdown(bench))
     return 0
 

@@ -1,11 +1,15 @@
-"""RunConfig: the validated command line of `python -m search.run`; bad values fail here with one line naming the flag."""
+"""RunConfig: the validated command line of `python -m search.run`; bad values fail here, in one line naming the
+flag."""
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import math
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import torch
 
 from pruners import available_methods, default_methods
 from search.workloads.cache import default_cache_dir
@@ -14,6 +18,8 @@ COST_METRICS = ("flops", "latency", "params")
 SAMPLERS = ("tpe", "nsga2", "random")
 BACKENDS = ("optuna", "ray")
 DEVICES = ("cpu", "cuda")
+MIN_BUDGET = 0.02  # below it no pruning method in the registry can fit a trial: every trial would fail
+SEED_LIMIT = 2 ** 32  # numpy and torch generators take seeds in [0, 2**32)
 DEFAULT_METHODS = tuple(default_methods())  # what runs faster with dense kernels (masked methods are opt-in)
 
 
@@ -50,6 +56,7 @@ class RunConfig:
     cache_dir: Path = field(default_factory=default_cache_dir)
     batch_size: int = 1
     threads: int | None = None
+    allow_weak_dense: bool = False  # search a dense model that scores near chance (normally refused)
 
     def to_json(self) -> dict:
         """A JSON-friendly copy, stored with the study so a report shows what was run."""
@@ -99,6 +106,16 @@ def _count(flag: str):  # noqa: ANN202 - argparse type
     return parse
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed {text!r} is not a whole number") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"--seed {text} is out of range: give a whole number in [0, 2**32)")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises ConfigError (one line, exit 2 at the CLI) instead of printing usage."""
 
@@ -110,16 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m search.run", description="Search per-layer pruning policies under a cost budget "
                      "and an accuracy-loss bound; writes the Pareto front, the pick and a report to --out.")
     parser.add_argument("--workload", default=RunConfig.workload,
-                        help="built-in name (fashion-resnet20, digits-cnn) or package.module:function returning a Workload")
-    parser.add_argument("--budget", type=_fraction("--budget", 0, 1, True, False), default=RunConfig.budget,
-                        help="upper bound on cost(pruned)/cost(dense), in (0, 1]; default 0.5")
+                        help="built-in name (fashion-resnet20, digits-cnn) or package.module:function returning "
+                             "a Workload")
+    parser.add_argument("--budget", type=_fraction("--budget", MIN_BUDGET, 1, False, False), default=RunConfig.budget,
+                        help=f"upper bound on cost(pruned)/cost(dense), in [{MIN_BUDGET:g}, 1]; default 0.5")
     parser.add_argument("--epsilon", type=_fraction("--epsilon", 0, 1, False, False), default=RunConfig.epsilon,
                         help="largest allowed drop in validation accuracy, absolute fraction; default 0.01 (one point)")
-    parser.add_argument("--cost", choices=COST_METRICS, default=RunConfig.cost, help="what the budget bounds; default flops")
+    parser.add_argument("--cost", choices=COST_METRICS, default=RunConfig.cost,
+                        help="what the budget bounds; default flops")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated pruning methods to search over, of {', '.join(available_methods())} "
-                             f"(default {','.join(DEFAULT_METHODS)}: runs faster with dense kernels, and removes blocks too)")
-    parser.add_argument("--trials", type=_positive("--trials", int), default=RunConfig.trials, help="trials in the study")
+                             f"(default {','.join(DEFAULT_METHODS)}: runs faster with dense kernels, and removes "
+                             "blocks too)")
+    parser.add_argument("--trials", type=_positive("--trials", int), default=RunConfig.trials,
+                        help="trials in the study")
     parser.add_argument("--timeout", type=_positive("--timeout", float), default=None,
                         help="stop starting new trials after this many seconds")
     parser.add_argument("--finetune-epochs", type=_fraction("--finetune-epochs", 0, 1000, False, True),
@@ -147,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency-on", metavar="RESOURCE", default=None,
                         help="measure latency as a Ray task on a node advertising this custom resource")
     parser.add_argument("--device", choices=DEVICES, default=RunConfig.device)
-    parser.add_argument("--seed", type=int, default=RunConfig.seed)
+    parser.add_argument("--seed", type=_seed, default=RunConfig.seed,
+                        help="seeds the dense model, the data split, the sampler and each trial; default 0")
     parser.add_argument("--out", type=Path, default=None, help="run folder; the same folder resumes the run "
                         "(default runs/<workload>-<timestamp>)")
     parser.add_argument("--data-dir", type=Path, default=None, help="folder with the workload's data files")
@@ -155,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=_positive("--batch-size", int), default=1, help="batch size for latency")
     parser.add_argument("--threads", type=_positive("--threads", int), default=None,
                         help="CPU threads for latency measurement (default: torch's)")
+    parser.add_argument("--allow-weak-dense", action="store_true",
+                        help="search a dense model whose validation accuracy is near chance (refused by default)")
     return parser
 
 
@@ -177,10 +201,21 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
                           "or a whole number with --device cuda, 0 with --device cpu")
     if args.latency_on is not None and not args.latency_on.strip():
         raise ConfigError("--latency-on needs the name of a Ray custom resource, e.g. --latency-on target_device")
+    if args.cost == "latency" and args.backend == "ray" and args.latency_on is None:
+        raise ConfigError("--cost latency with --backend ray needs --latency-on RESOURCE: latency timed on busy "
+                          "workers is not the target's; advertise a custom resource on the target node and name it")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible to torch here; use --device cpu or run on a GPU "
+                          "machine")
     if args.data_dir is not None and not args.data_dir.is_dir():
-        raise ConfigError(f"--data-dir {args.data_dir} is not a readable directory; give the folder holding the data files")
+        raise ConfigError(f"--data-dir {args.data_dir} is not a readable directory; give the folder holding the data "
+                          "files")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     workload_slug = args.workload.replace(":", "-").replace(".", "-")
+    out = args.out if args.out is not None else Path("runs") / f"{workload_slug}-{stamp}"
+    check_writable_folder("--out", out)
+    cache_dir = args.cache_dir or default_cache_dir()
+    check_writable_folder("--cache-dir", cache_dir)
     return RunConfig(
         workload=args.workload, budget=args.budget, epsilon=args.epsilon, cost=args.cost, methods=methods,
         trials=args.trials, timeout=args.timeout, finetune_epochs=args.finetune_epochs,
@@ -189,7 +224,24 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
         backend=args.backend, address=args.address, workers=args.workers,
         cpus_per_trial=args.cpus_per_trial or RunConfig.cpus_per_trial, gpus_per_trial=gpus, latency_on=args.latency_on,
         device=args.device, seed=args.seed,
-        out=args.out if args.out is not None else Path("runs") / f"{workload_slug}-{stamp}",
-        data_dir=args.data_dir, cache_dir=args.cache_dir or default_cache_dir(),
-        batch_size=args.batch_size, threads=args.threads,
+        out=out, data_dir=args.data_dir, cache_dir=cache_dir,
+        batch_size=args.batch_size, threads=args.threads, allow_weak_dense=args.allow_weak_dense,
     )
+
+
+def check_writable_folder(flag: str, path: Path) -> None:
+    """A folder the run can write to: an existing directory we may write in, or a missing one whose nearest existing
+    parent is; checked before anything is trained or written, so a bad path costs nothing."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder; give a folder path")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: {existing} is a file, not a folder; give a folder path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{flag} {path}: cannot write in {existing} ({error.strerror}); "
+                          "give a writable folder") from None

@@ -1,4 +1,5 @@
-"""In-memory datasets and batch iterators: small image sets fit in RAM, and slicing tensors is far faster than per-sample DataLoader indexing on 2 cores."""
+"""In-memory datasets and batch iterators: small image sets fit in RAM, and slicing tensors is far faster than
+per-sample DataLoader indexing on 2 cores."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +12,12 @@ Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 @dataclass
 class TensorLoader:
-    """Iterable of (inputs, labels) batches over tensors held in memory; reshuffled each pass when `shuffle`."""
+    """Iterable of (inputs, labels) batches over tensors held in memory; reshuffled each pass when `shuffle`.
+
+    Like DataLoader's RandomSampler, each shuffled pass draws its seed from torch's global generator, so
+    `torch.manual_seed` before a fine-tune fixes its data order and augmentation whatever ran before it.
+    `seed` fixes `subset`.
+    """
 
     inputs: torch.Tensor
     labels: torch.Tensor
@@ -23,19 +29,19 @@ class TensorLoader:
     def __post_init__(self) -> None:
         if len(self.inputs) != len(self.labels):
             raise ValueError(f"inputs ({len(self.inputs)}) and labels ({len(self.labels)}) differ in length")
-        self._generator = torch.Generator().manual_seed(self.seed)
 
     def __len__(self) -> int:
         return (len(self.inputs) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.inputs)
-        order = torch.randperm(n, generator=self._generator) if self.shuffle else torch.arange(n)
+        generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, ()).item()))
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         for start in range(0, n, self.batch_size):
             index = order[start:start + self.batch_size]
             batch = self.inputs[index]
             if self.augment is not None:
-                batch = self.augment(batch, self._generator)
+                batch = self.augment(batch, generator)
             yield batch, self.labels[index]
 
     def subset(self, count: int) -> "TensorLoader":
@@ -62,7 +68,8 @@ def flip_and_shift(max_shift: int) -> Augment:
         padded = torch.nn.functional.pad(batch, (max_shift,) * 4)
         dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
         dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-        rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, batch.shape[1], h, w + 2 * max_shift)
+        rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, batch.shape[1], h,
+                                                                                  w + 2 * max_shift)
         shifted = padded.gather(2, rows)
         cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, batch.shape[1], h, w)
         return shifted.gather(3, cols)

@@ -10,11 +10,11 @@ import logging
 import statistics
 
 import optuna
-import torch
 
 from reports import TrialRecord, select_best
 from reports.records import BATCHES_ATTR, REMEASURED_ATTR, load_records
 from search.measure import compare_latency
+from search.model_files import load_pruned
 from search.study import record_by_trial, storage_url
 from search.trial import TrialContext
 
@@ -27,7 +27,7 @@ MAX_REMEASURED = 6  # picks re-measured before giving up on finding one whose lo
 
 def _timed(ctx: TrialContext, record: TrialRecord, batch_size: int, repeats: int, rounds: int) -> dict:
     """Time a trial's saved model interleaved with dense at `batch_size`."""
-    model = torch.load(ctx.run_dir / str(record.model_path), map_location="cpu", weights_only=False)
+    model = load_pruned(ctx.run_dir, str(record.model_path), ctx.workload.model)
     return compare_latency({"dense": ctx.workload.model, "pruned": model}, ctx.workload.example_inputs,
                            reference="dense", device=ctx.config.device, threads=ctx.config.threads,
                            batch_size=batch_size, repeats=repeats, rounds=rounds)

@@ -1,10 +1,13 @@
 """The dense reference every trial is compared with: its accuracy, FLOPs, params, size and latency."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import nn
 
+from reports.schema import Measured
 from search.measure import compare_latency, count_flops, count_params, latency, model_size_bytes
 from search.measure.latency_table import LatencyTable
 from search.training import evaluate
@@ -21,6 +24,7 @@ class DenseReference:
     params: int
     latency_ms: float
     size_bytes: int
+    fingerprint: str = ""  # of the weights: a resume must search the same dense model ("" in runs made before it)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -37,12 +41,31 @@ def measure_dense(workload: Workload, *, device: str, threads: int | None, batch
         params=count_params(model, nonzero_only=True),
         latency_ms=timing["p50_ms"],
         size_bytes=model_size_bytes(model),
+        fingerprint=weights_fingerprint(model),
     )
 
 
+def near_chance_bar(model: nn.Module, example_inputs: torch.Tensor) -> float:
+    """The validation accuracy under which a dense model is treated as untrained: twice chance, and at most a tenth
+    of the way from chance to perfect (19% for 10 classes, 55% for 2, 0.2% for 1000)."""
+    device = next(model.parameters(), torch.empty(0)).device
+    with torch.no_grad():
+        classes = model.eval()(example_inputs.to(device)).shape[1]
+    chance = 1 / classes
+    return min(2 * chance, chance + 0.1 * (1 - chance))
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hash of the model's parameters and buffers, in state_dict order: equal only for the same weights."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def measure_against_dense(model: nn.Module, workload: Workload, dense: DenseReference, *, device: str,
-                          threads: int | None, batch_size: int, table: LatencyTable | None = None
-                          ) -> dict[str, float | int]:
+                          threads: int | None, batch_size: int, table: LatencyTable | None = None) -> Measured:
     """FLOPs, non-zero params, size and latency of a pruned (baked, CPU) model, with their ratios to dense, and the
     latency ratio the `table` predicts (when there is one).
 
@@ -52,8 +75,8 @@ def measure_against_dense(model: nn.Module, workload: Workload, dense: DenseRefe
     params = count_params(model, nonzero_only=True)
     timing = compare_latency({"dense": workload.model, "pruned": model}, workload.example_inputs, reference="dense",
                              device=device, threads=threads, batch_size=batch_size)
-    return {"flops": flops, "params": params, "size_bytes": model_size_bytes(model),
-            "latency_ms": timing["pruned"]["p50_ms"], "latency_p90_ms": timing["pruned"]["p90_ms"],
-            "dense_latency_ms": timing["dense"]["p50_ms"], "flops_ratio": flops / dense.flops,
-            "params_ratio": params / dense.params, "latency_ratio": timing["pruned"]["ratio"],
-            "predicted_latency_ratio": None if table is None else table.predict_model_ratio(model)}
+    return Measured(flops=flops, params=params, size_bytes=model_size_bytes(model),
+                    latency_ms=timing["pruned"]["p50_ms"], latency_p90_ms=timing["pruned"]["p90_ms"],
+                    dense_latency_ms=timing["dense"]["p50_ms"], flops_ratio=flops / dense.flops,
+                    params_ratio=params / dense.params, latency_ratio=timing["pruned"]["ratio"],
+                    predicted_latency_ratio=None if table is None else table.predict_model_ratio(model))

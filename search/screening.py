@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+import optuna
+from optuna.trial import TrialState
+
+from reports.selection import TOLERANCE
+
 MIN_OBSERVED = 4  # fine-tuned trials needed before any candidate is stopped
 MARGIN = 0.005  # slack on top of the largest gain seen
 RANK_MARGIN = 0.03  # how much worse than the front's recalibrated accuracy a candidate must screen to be stopped
@@ -41,9 +46,20 @@ def stop_below(bar: dict[str, Any] | None, cost: float) -> float | None:
     """The screened accuracy under which a candidate at `cost` would stay dominated by the front at no higher cost."""
     if bar is None:
         return None
-    cheaper = [point for point in bar["front"] if point[0] <= cost + 1e-9]
+    cheaper = [point for point in bar["front"] if point[0] <= cost + TOLERANCE]
     if not cheaper:
         return None
     by_gain = max(p[1] for p in cheaper) - bar["largest_gain"] - MARGIN
     screened = max(p[2] for p in cheaper)
     return max(by_gain, screened - RANK_MARGIN) if screened >= bar.get("rank_floor", 0.0) else by_gain
+
+
+def screen_bar(study: optuna.Study, dense_accuracy: float) -> dict | None:
+    """The screening bar from this study's finished trials (None until enough are seen), with the
+    front in the run's own cost metric: a candidate's fitted ratio is in that metric too."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    pairs = [(t.user_attrs["accuracy_before_finetune"], t.user_attrs["accuracy_after_finetune"])
+             for t in complete if t.user_attrs.get("accuracy_after_finetune") is not None]
+    points = [(t.user_attrs["cost_ratio"], t.user_attrs["accuracy"], t.user_attrs["accuracy_before_finetune"])
+              for t in complete if t.user_attrs.get("accuracy_after_finetune") is not None]
+    return screening_bar(pairs, points, dense_accuracy)

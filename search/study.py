@@ -9,16 +9,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
-from reports.records import TEST_ACCURACY_ATTR
+from reports.records import FINAL_ERRORS_ATTR, TEST_ACCURACY_ATTR
 from search.config import RunConfig
+from search.outcome import TrialOutcome
 
 log = logging.getLogger(__name__)
 STUDY_NAME = "search"
 INTERRUPTED = "interrupted before it finished"
-# A resumed run must be the same search: these study attributes may not change between runs in one folder.
-FIXED_ATTRS = ("workload", "cost_metric", "budget", "epsilon")
+# A resumed run must be the same search: these settings may not change between runs in one folder, or the new
+# trials would be measured against another dense model, split, fidelity, space or timing setup than the old ones.
+FIXED_SETTINGS = ("workload", "cost", "budget", "epsilon", "seed", "finetune_epochs", "methods", "target_floor",
+                  "data_dir", "device", "batch_size", "threads")
 
 
 class ResumeError(ValueError):
@@ -40,17 +44,35 @@ def make_sampler(config: RunConfig) -> optuna.samplers.BaseSampler:
 
 
 def open_study(config: RunConfig, run_dir: Path) -> optuna.Study:
-    """Create the study, or load it to resume; a run folder holding another search is refused."""
+    """Create the study, or load it to resume; a run folder holding another search, or no readable study, is refused."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(storage=storage_url(run_dir), study_name=STUDY_NAME, load_if_exists=True,
-                                directions=["minimize", "minimize"], sampler=make_sampler(config))
-    expected = {"workload": config.workload, "cost_metric": config.cost, "budget": config.budget,
-                "epsilon": config.epsilon}
-    for key in FIXED_ATTRS:
-        if key in study.user_attrs and study.user_attrs[key] != expected[key]:
-            raise ResumeError(f"--out {run_dir} holds a run with {key} {study.user_attrs[key]!r}, not {expected[key]!r}; "
-                              "use a new --out or the same settings")
+    try:
+        study = optuna.create_study(storage=storage_url(run_dir), study_name=STUDY_NAME, load_if_exists=True,
+                                    directions=["minimize", "minimize"], sampler=make_sampler(config))
+    except (sqlalchemy.exc.SQLAlchemyError, ValueError, KeyError) as error:
+        raise ResumeError(f"--out {run_dir}: study.db is not a readable study of this tool "
+                          f"({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
+                          "use a new --out, or move study.db away") from None
+    check_same_search(study.user_attrs.get("config"), config.to_json(), run_dir)
     return study
+
+
+def check_same_search(stored: dict | None, asked: dict, run_dir: Path) -> None:
+    """Refuse a resume whose settings differ from the stored run's in one of FIXED_SETTINGS, naming the first."""
+    if stored is None:
+        return
+    for key in FIXED_SETTINGS:
+        if key in stored and stored[key] != asked[key]:
+            flag = "--" + key.replace("_", "-")
+            raise ResumeError(f"--out {run_dir} holds a run with {flag} {_shown(stored[key])}, "
+                              f"not {_shown(asked[key])}; "
+                              f"give the same {flag} to resume, or a new --out")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "(default)" if value is None else str(value)
 
 
 def record_run_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
@@ -59,18 +81,50 @@ def record_run_attrs(study: optuna.Study, attrs: dict[str, Any]) -> None:
         study.set_user_attr(key, value)
 
 
+def record_outcome(trial: optuna.Trial, outcome: TrialOutcome, budget: float, epsilon: float) -> TrialState:
+    """Store how a trial ended on its study trial (attributes, constraints, or the failure); returns the state to
+    tell the study, with outcome.values for a complete one.
+
+    A screened trial's constraints come from its screened accuracy and fitted ratio: TPE ranks constrained trials
+    by their violation, so a stopped candidate counts as a poor point; unconstrained, a PRUNED trial could fill TPE's
+    "good" group when no complete trial is feasible, and draw the sampler back to where it was stopped.
+    """
+    for key, value in outcome.attrs.items():
+        trial.set_user_attr(key, value)
+    if outcome.kind == "failed":
+        log.warning("trial %d failed: %s", trial.number, outcome.failure)
+        log.debug("%s", outcome.traceback)
+        trial.set_user_attr("failure", outcome.failure)
+        return TrialState.FAIL
+    cost = outcome.attrs["cost_ratio"] if outcome.kind == "complete" else outcome.attrs["fitted_ratio"]
+    trial.set_constraint("accuracy_loss", outcome.attrs["accuracy_loss"] - epsilon)
+    trial.set_constraint("cost_ratio", cost - budget)
+    return TrialState.COMPLETE if outcome.kind == "complete" else TrialState.PRUNED
+
+
+def mark_interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
+    """A trial stopped before it finished (Ctrl-C, a lost worker): its failure says so and its point is queued
+    again, so a resumed run runs it; the caller then tells the study it failed."""
+    trial.set_user_attr("failure", INTERRUPTED)
+    _queue_again(study, trial.params, trial.user_attrs.get("label", "search"))
+
+
 def requeue_interrupted(study: optuna.Study) -> int:
     """Trials left running by a killed process are marked failed and their parameters queued again."""
     count = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(trial._trial_id, "failure", INTERRUPTED)  # noqa: SLF001 - no public API for another process's trial
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001
-        if trial.params:
-            study.enqueue_trial(trial.params, user_attrs={"label": trial.user_attrs.get("label", "search")})
+        _queue_again(study, trial.params, trial.user_attrs.get("label", "search"))
         count += 1
     if count:
         log.warning("resuming: %d trial(s) interrupted by the last run are queued again", count)
     return count
+
+
+def _queue_again(study: optuna.Study, params: dict[str, Any], label: str) -> None:
+    if params:
+        study.enqueue_trial(params, user_attrs={"label": label})
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -86,6 +140,13 @@ def record_by_trial(study: optuna.Study, attr: str, entries: dict[int, Any]) -> 
     stored = dict(study.user_attrs.get(attr) or {})
     stored.update({str(number): entry for number, entry in entries.items()})
     study.set_user_attr(attr, stored)
+
+
+def record_final_error(study: optuna.Study, step: str, reason: str) -> None:
+    """Store why a step of the final stage failed, by step name; the report and the summary say it."""
+    stored = dict(study.user_attrs.get(FINAL_ERRORS_ATTR) or {})
+    stored[step] = reason
+    study.set_user_attr(FINAL_ERRORS_ATTR, stored)
 
 
 def record_test_accuracy(study: optuna.Study, accuracies: dict[int, float]) -> None:

@@ -7,6 +7,8 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from pruners.layer_types import BATCH_NORM
+
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -54,9 +56,10 @@ def leading_batches(loader: Batches, samples: int) -> tuple[list[tuple[torch.Ten
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, loader: Batches, device: str = "cpu", max_batches: int | None = None) -> nn.Module:
+def recalibrate_batchnorm(model: nn.Module, loader: Batches, device: str = "cpu",
+                          max_batches: int | None = None) -> nn.Module:
     """Adaptive BN (EagleEye): re-estimate batch-norm running statistics on training data, no gradient step."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, BATCH_NORM)]
     if not norms:
         return model
     saved = {m: m.momentum for m in norms}
@@ -78,12 +81,23 @@ def train(model: nn.Module, loader: Batches, *, epochs: float, lr: float, device
           temperature: float = 4.0, progress: bool = False) -> nn.Module:
     """SGD with momentum and a one-cycle schedule for `epochs` (fractions allowed: that share of the steps).
 
-    With a `teacher`, the loss mixes cross-entropy with Hinton distillation (KL at `temperature`).
+    With a `teacher`, the loss mixes cross-entropy with Hinton distillation (KL at `temperature`); the teacher (the
+    dense model every trial shares) goes back to the device it came from, whatever happens.
     """
+    if teacher is None:
+        return _train(model, loader, epochs, lr, device, weight_decay, None, distill_weight, temperature, progress)
+    home = next(teacher.parameters(), torch.empty(0)).device
+    try:
+        return _train(model, loader, epochs, lr, device, weight_decay, teacher.eval().to(device), distill_weight,
+                      temperature, progress)
+    finally:
+        teacher.to(home)
+
+
+def _train(model: nn.Module, loader: Batches, epochs: float, lr: float, device: str, weight_decay: float,
+           teacher: nn.Module | None, distill_weight: float, temperature: float, progress: bool) -> nn.Module:
     steps = max(1, math.ceil(epochs * len(loader)))  # type: ignore[arg-type]
     model.train().to(device)
-    if teacher is not None:
-        teacher.eval().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.15)
     bar = _progress_bar(steps) if progress else None

@@ -5,8 +5,9 @@ that the backend records in the study.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +16,18 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pruners import bake
+from pruners import bake, get_method
 from search.config import RunConfig
-from search.final import calibration_options
 from search.fit import fit_to_target
 from search.measure import compare_latency, count_flops, count_params
 from search.measure.latency_table import LatencyTable
+from search.model_files import save_pruned
 from search.recover import ScreenedOut, recover
-from search.screening import stop_below
 from search.reference import DenseReference, measure_against_dense
+from search.screening import stop_below
 from search.workloads import Workload
 from spaces import SearchSpace
+
 
 @dataclass
 class TrialContext:
@@ -58,6 +60,18 @@ def fitting_ratio(workload: Workload, dense: DenseReference, config: RunConfig,
     return lambda model: count_flops(model, workload.example_inputs) / dense.flops
 
 
+def calibration_options(workload: Workload, method: str, criterion: str) -> dict:
+    """The labelled batch that data-driven criteria (the method's `calibrated` ones) rank with."""
+    return {"calibration": next(iter(workload.calibration))} if criterion in get_method(method).calibrated else {}
+
+
+def point_seed(run_seed: int, point: dict[str, Any]) -> int:
+    """The seed of one point's pruning and fine-tune: the run's seed and the point itself, never the trial number or
+    what ran before, so a point re-run (after a resume, on another Ray worker, in another benchmark arm) repeats."""
+    text = json.dumps(point, sort_keys=True, default=str)
+    return int.from_bytes(hashlib.sha256(f"{run_seed}:{text}".encode()).digest()[:4], "little")
+
+
 def model_path(number: int) -> str:
     """Where trial `number`'s model is saved, relative to the run folder."""
     return f"trials/{number:05d}/model.pt"
@@ -71,7 +85,8 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     fine-tuning.
     """
     started = time.perf_counter()
-    torch.manual_seed(ctx.config.seed + number)
+    seed = point_seed(ctx.config.seed, params)
+    torch.manual_seed(seed)
     workload, dense, config = ctx.workload, ctx.dense, ctx.config
     extra = calibration_options(workload, params["method"], params.get("criterion", ""))
     fitted = fit_to_target(workload.model, workload.example_inputs, ctx.space, params,
@@ -80,6 +95,7 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     model, policy = fitted.model, fitted.policy
     fit_seconds = time.perf_counter() - started
     over_budget = fitted.ratio > config.budget
+    torch.manual_seed(seed)  # fitting may time models (random inputs) a varying number of times
     try:
         recovery = recover(model, workload, epochs=0 if over_budget else config.finetune_epochs,
                            lr=policy.finetune_lr, device=config.device, stop_below=stop_below(screen, fitted.ratio),
@@ -98,24 +114,16 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     measured = measure_against_dense(model, workload, dense, device=config.device, threads=config.threads,
                                      batch_size=config.batch_size, table=ctx.latency_table)
     relative = model_path(number)
-    save_model(model, ctx.run_dir / relative)
+    save_pruned(model, ctx.run_dir / relative)
     return {
         "policy": policy.to_json(), "method": policy.method, "label": label,
         "accuracy": recovery.accuracy, "accuracy_loss": dense.accuracy - recovery.accuracy,
         "accuracy_before_finetune": recovery.accuracy_before_finetune,
         "accuracy_after_finetune": recovery.accuracy_after_finetune, "kept": recovery.kept,
-        **measured,
-        "cost_ratio": measured[f"{config.cost}_ratio"], "fitted_ratio": fitted.ratio,
+        **measured.to_attrs(),
+        "cost_ratio": measured.ratio(config.cost), "fitted_ratio": fitted.ratio,
         "target": params.get("target"), "model_path": relative, "seconds": time.perf_counter() - started,
         "screen_seconds": fit_seconds + recovery.screen_seconds,
         **({"stopped_reason": f"the most this point prunes leaves {config.cost} at {fitted.ratio:.3f} of dense, over "
                               f"the budget {config.budget}: not fine-tuned"} if over_budget else {}),
     }
-
-
-def save_model(model: nn.Module, path: Path) -> None:
-    """torch.save the whole module atomically, so a crash never leaves half a model file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    torch.save(model, partial)
-    os.replace(partial, path)

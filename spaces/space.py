@@ -208,7 +208,8 @@ class SearchSpace:
                       "meaning": "share of the blocks that removal alone could take off before the cost falls under "
                                  "the target, removed (l1 ranking) before channels are pruned"},
             "nm_patterns": self.nm_patterns() if any(get_method(m).knob == "pattern" for m in self.methods) else [],
-            "lr_scale": [0.3, 3.0], "base_lr": self.base_lr, "distill": list(DISTILL), "max_group_sparsity": MAX_SPARSITY,
+            "lr_scale": [0.3, 3.0], "base_lr": self.base_lr, "distill": list(DISTILL),
+            "max_group_sparsity": MAX_SPARSITY,
         }
 
 

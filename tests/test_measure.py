@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
+import subprocess
+import sys
+import time
 import warnings
 
 import pytest
@@ -14,6 +16,7 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
+from pruners import prune as prune_model
 from search.measure import (
     compare_latency,
     count_flops,
@@ -23,6 +26,7 @@ from search.measure import (
     layer_flops,
     model_size_bytes,
 )
+from search.workloads.models import resnet20
 
 IMAGE = torch.randn(1, 3, 224, 224)
 
@@ -150,19 +154,44 @@ def test_latency_of_masked_model_after_training_step() -> None:
     assert prune.is_pruned(model) and model.training
 
 
-def test_compare_latency_ratios() -> None:
-    model = hand_net(8)
-    result = compare_latency(
-        {"dense": model, "copy": copy.deepcopy(model), "small": hand_net(6)},
-        torch.randn(1, 3, 8, 8),
-        reference="dense",
-        warmup=2,
-        repeats=20,
-        rounds=4,
-    )
-    assert result["dense"]["ratio"] == 1.0
-    for entry in result.values():
-        assert math.isfinite(entry["ratio"]) and entry["ratio"] > 0
-        assert entry["p50_ms"] <= entry["p90_ms"] and entry["repeats"] == 20
+def test_compare_latency_names_an_unknown_reference() -> None:
     with pytest.raises(ValueError, match="reference"):
-        compare_latency({"dense": model}, torch.randn(1, 3, 8, 8), reference="missing")
+        compare_latency({"dense": hand_net(8)}, torch.randn(1, 3, 8, 8), reference="missing")
+
+
+def _quarter_channels() -> tuple[nn.Module, nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    dense = resnet20().eval()
+    inputs = torch.randn(1, 1, 28, 28)
+    return dense, prune_model(dense, inputs, method="channel", sparsity=0.75), inputs
+
+
+def test_a_quarter_of_the_channels_measures_faster_than_dense() -> None:
+    dense, quarter, inputs = _quarter_channels()
+    result = compare_latency({"dense": dense, "copy": copy.deepcopy(dense), "quarter": quarter}, inputs,
+                             reference="dense", threads=1, batch_size=8, warmup=3, repeats=30, rounds=5)
+    assert result["quarter"]["ratio"] < 0.6  # a sixteenth of the FLOPs: far under dense, whatever the machine
+    assert 0.75 < result["copy"]["ratio"] < 1.33  # the same network measures as the same
+    assert len(result["quarter"]["round_p50_ms"]) == 5
+
+
+def test_interleaving_holds_the_ratio_when_the_machine_is_busy() -> None:
+    """A busy process beside a one-thread timing takes a core and the caches; the interleaved ratio stays. (With every
+    core taken the ratio drifts: measured here, 0.39 idle against 0.19-0.31 with two spinners on two cores. Never time
+    on an oversubscribed machine.)"""
+    dense, quarter, inputs = _quarter_channels()
+
+    def ratio() -> float:
+        return compare_latency({"dense": dense, "quarter": quarter}, inputs, reference="dense", threads=1,
+                               batch_size=8, warmup=3, repeats=40, rounds=8)["quarter"]["ratio"]
+
+    idle = ratio()
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"])]
+    try:
+        time.sleep(0.5)
+        busy = ratio()
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+    assert abs(busy / idle - 1) < 0.25, (idle, busy)

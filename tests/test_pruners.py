@@ -6,9 +6,9 @@ import logging
 
 import pytest
 import torch
+import torch_pruning as tp
 import torchvision
 from torch import nn
-import torch_pruning as tp
 from torch.nn.utils import prune as torch_prune
 
 from pruners import (
@@ -141,7 +141,8 @@ def test_nm_keeps_at_most_n_of_every_m() -> None:
 @pytest.mark.parametrize("method", ["magnitude", "global_magnitude", "nm"])
 def test_masks_survive_training_and_bake_to_plain_weights(method: str) -> None:
     pruned = prune(tiny(), X, method, 0.5)
-    before = {n: m.weight == 0 for n, m in pruned.named_modules() if torch_prune.is_pruned(m) and hasattr(m, "weight_mask")}
+    before = {n: m.weight == 0 for n, m in pruned.named_modules()
+              if torch_prune.is_pruned(m) and hasattr(m, "weight_mask")}
     assert before
     sgd_steps(pruned)
     modules = dict(pruned.named_modules())

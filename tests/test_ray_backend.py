@@ -17,18 +17,20 @@ import pytest
 from optuna.trial import TrialState
 
 from search.config import parse_config
-from search.run import prepare
-from search.study import INTERRUPTED
+from search.pipeline import prepare
+from search.study import INTERRUPTED, record_outcome
 from tests.conftest import ROOT, run_cli
-from tests.test_search_e2e import CONTRACT_KEYS, FAST, MODEL_KEYS
+from tests.test_search_e2e import CONTRACT_KEYS, FAST, MODEL_KEYS, TOP_EXTRA_KEYS
 
 pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402 - the imports from here on need Ray
 
 from search.backends.ray_search import RELAUNCHES, StudySearch  # noqa: E402
-from search.backends.ray_trial import META_KEY, SCREENED_KEY  # noqa: E402
+from search.backends.ray_trial import META_KEY, OUTCOME_KEY  # noqa: E402
+from search.outcome import TrialOutcome  # noqa: E402
 
 SCREENED = {"accuracy": 0.1, "accuracy_loss": 0.89, "fitted_ratio": 0.5}  # what a screened-out trial reports
+SCREENED_RESULT = {OUTCOME_KEY: json.dumps(TrialOutcome("screened", SCREENED).to_json())}  # as a worker reports it
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # TPE's group option
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -85,7 +87,7 @@ def ray_run(nodes: TwoNodes, cache_dir: Path, digits, tmp_path_factory: pytest.T
 
 def test_ray_run_follows_the_same_contract(ray_run: Path) -> None:
     pareto = json.loads((ray_run / "pareto.json").read_text())
-    assert set(pareto) == CONTRACT_KEYS
+    assert set(pareto) == CONTRACT_KEYS | TOP_EXTRA_KEYS
     assert pareto["trials"]["complete"] + pareto["trials"]["pruned"] == 6 and pareto["trials"]["failed"] == 0
     assert pareto["pareto"] and all(MODEL_KEYS <= set(m) for m in pareto["pareto"])
     assert all(m["test_accuracy"] is not None for m in pareto["pareto"])
@@ -217,7 +219,7 @@ def test_the_searcher_waits_for_running_trials_then_ends_the_search(digits, cach
     assert search.suggest("a") and search.suggest("b")
     assert search.suggest("c") is None  # the two running trials would make --trials 2
     for trial_id in ("a", "b"):
-        search.on_trial_complete(trial_id, {SCREENED_KEY: json.dumps(SCREENED)})
+        search.on_trial_complete(trial_id, SCREENED_RESULT)
     assert search.suggest("d") == search.FINISHED
 
 
@@ -233,8 +235,29 @@ def test_a_point_tune_gave_up_on_runs_again_until_it_was_lost_too_often(digits, 
             trial_id = next(names)
             if _point(search.suggest(trial_id)) == lost:
                 break
-            search.on_trial_complete(trial_id, {SCREENED_KEY: json.dumps(SCREENED)})
+            search.on_trial_complete(trial_id, SCREENED_RESULT)
     runs = [t for t in study.get_trials() if _point(t.params) == lost]
     assert [t.state for t in runs] == [TrialState.FAIL] * (RELAUNCHES + 1)
     assert [t.user_attrs["failure"] for t in runs[:-1]] == [INTERRUPTED] * RELAUNCHES  # not counted, run again
     assert runs[-1].user_attrs["failure"].startswith("Ray trial error")  # then a failure with its reason
+
+
+@pytest.mark.parametrize("outcome", [
+    TrialOutcome("complete", {"accuracy": 0.93, "accuracy_loss": 0.004, "cost_ratio": 0.45, "label": "search"}),
+    TrialOutcome("screened", SCREENED),
+    TrialOutcome("failed", failure="FloatingPointError: training loss became nan at step 3"),
+], ids=["complete", "screened", "failed"])
+def test_both_backends_record_an_outcome_the_same_way(outcome: TrialOutcome, digits, cache_dir: Path,
+                                                       tmp_path: Path) -> None:
+    """The in-process loop's recorder and the Ray searcher, given one outcome, leave the same study trial."""
+    ray_study, search = _searcher(3, digits, cache_dir, tmp_path / "ray")
+    search.suggest("a")
+    search.on_trial_complete("a", {OUTCOME_KEY: json.dumps(outcome.to_json())})
+    local = optuna.create_study(directions=["minimize", "minimize"])
+    trial = local.ask()
+    trial.set_user_attr("label", "baseline:uniform_l1")  # what the Ray searcher's first (queued) trial carries
+    state = record_outcome(trial, outcome, budget=0.5, epsilon=0.01)
+    local.tell(trial, outcome.values, state=state)
+    mine, theirs = ray_study.trials[0], local.trials[0]
+    assert (theirs.state, theirs.values, theirs.user_attrs, theirs.constraints) == \
+        (mine.state, mine.values, mine.user_attrs, mine.constraints)

@@ -19,10 +19,12 @@ from torch import nn
 
 from reports import TrialRecord, load_records, pareto_front, select_best, write_report
 from reports.__main__ import main
+from search.model_files import save_pruned
 
 DENSE = {"accuracy": 0.92, "test_accuracy": 0.915, "flops": 1_000_000, "params": 50_000,
          "latency_ms": 2.0, "size_bytes": 200_000}
 CONTRACT_KEYS = {"workload", "cost_metric", "budget", "epsilon", "input_shape", "dense", "best", "pareto", "trials"}
+TOP_EXTRA_KEYS = {"final_stage_errors"}  # extensions the README lists
 MODEL_KEYS = {"trial", "method", "accuracy", "test_accuracy", "flops", "params", "latency_ms", "cost_ratio", "policy"}
 MODEL_EXTRA_KEYS = {"flops_ratio", "latency_ratio", "params_ratio", "size_bytes", "label", "latency_p90_ms",
                     "dense_latency_ms", "search_accuracy", "final_epochs", "nonzero_flops", "predicted_latency_ratio",
@@ -71,8 +73,7 @@ def save_model(run_dir: Path, number: int) -> tuple[str, nn.Module]:
     torch.manual_seed(number)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
     relative = f"trials/{number:05d}/model.pt"
-    (run_dir / relative).parent.mkdir(parents=True)
-    torch.save(model, run_dir / relative)
+    save_pruned(model, run_dir / relative)
     return relative, model
 
 
@@ -144,7 +145,8 @@ def run_dir(template_run: Path, tmp_path: Path) -> Path:
 
 
 def output_bytes(run: Path) -> dict[str, bytes]:
-    names = ["report.html", "report.md", "trials.csv", "pareto.json", "best/model.pt", "best/policy.json"]
+    names = ["report.html", "report.md", "trials.csv", "pareto.json", "best/model.pt", "best/model.weights.pt",
+             "best/policy.json"]
     return {name: (run / name).read_bytes() for name in names}
 
 
@@ -153,7 +155,7 @@ def test_write_report_writes_contract_files(run_dir: Path) -> None:
 
     on_disk = json.loads((run_dir / "pareto.json").read_text())
     assert on_disk == summary
-    assert set(on_disk) == CONTRACT_KEYS
+    assert set(on_disk) == CONTRACT_KEYS | TOP_EXTRA_KEYS
     assert set(on_disk["dense"]) == {"accuracy", "test_accuracy", "flops", "params", "latency_ms"}
     assert isinstance(on_disk["dense"]["flops"], int) and isinstance(on_disk["dense"]["accuracy"], float)
     assert on_disk["input_shape"] == [1, 1, 8, 8] and on_disk["cost_metric"] == "flops"
@@ -191,6 +193,7 @@ def test_write_report_writes_contract_files(run_dir: Path) -> None:
         assert "not measurably faster than dense (latency ratio 1.02): masked weights cut nonzero FLOPs" in text
         assert "(nonzero)" in text  # a masked model's FLOPs ratio is named for what it counts
         assert 'torch.load("best/model.pt", weights_only=False)' in text
+        assert 'torch.load("best/model.weights.pt", weights_only=True)' in text
         assert '"methods": [' in text and '"trials": 9' in text  # the searched space and the config
 
 

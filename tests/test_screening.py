@@ -1,4 +1,5 @@
-"""Screening: the threshold learns from the run's own fine-tuning gains; a hopeless candidate stops before fine-tuning."""
+"""Screening: the threshold learns from the run's own fine-tuning gains; a hopeless candidate stops before
+fine-tuning."""
 from __future__ import annotations
 
 import optuna
@@ -6,9 +7,10 @@ import pytest
 from optuna.trial import TrialState
 
 from pruners import prune
-from search.backends.optuna_backend import record_screened
+from search.outcome import TrialOutcome
 from search.recover import ScreenedOut, recover
 from search.screening import MARGIN, RANK_MARGIN, screening_bar, stop_below
+from search.study import record_outcome
 
 DENSE = 0.92
 
@@ -63,8 +65,8 @@ def test_a_screened_trial_is_pruned_with_constraints_from_its_screened_accuracy(
     trial = study.ask()
     attrs = {"accuracy": 0.30, "accuracy_before_finetune": 0.30, "accuracy_loss": 0.62, "fitted_ratio": 0.24,
              "stopped_reason": "screened"}
-    record_screened(trial, attrs, budget=0.25, epsilon=0.01)
-    study.tell(trial, state=TrialState.PRUNED)
+    state = record_outcome(trial, TrialOutcome("screened", attrs), budget=0.25, epsilon=0.01)
+    study.tell(trial, state=state)
     frozen = study.trials[0]
     assert frozen.state == TrialState.PRUNED and frozen.user_attrs["accuracy_before_finetune"] == 0.30
     assert frozen.constraints == pytest.approx({"accuracy_loss": 0.62 - 0.01, "cost_ratio": 0.24 - 0.25})

@@ -36,7 +36,8 @@ def test_coupled_residual_layers_share_one_knob(resnet_space) -> None:
 @pytest.mark.parametrize("method", ["magnitude", "channel"])
 def test_initial_level_predicts_the_measured_ratio(resnet_space, method: str) -> None:
     model, x, space = resnet_space
-    params = {"method": method, "lr_scale": 1.0, "target": 0.4, "criterion": "l1", "round_to": 1, "ranking": "per_group",
+    params = {"method": method, "lr_scale": 1.0, "target": 0.4, "criterion": "l1", "round_to": 1,
+              "ranking": "per_group",
               **{f"a:{g.name}": 0.3 + 0.05 * i for i, g in enumerate(space.groups)}}
     level = space.initial_level(params, 0.4)
     assert space.predicted_ratio(params, level) == pytest.approx(0.4, abs=0.01)

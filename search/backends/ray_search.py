@@ -17,12 +17,15 @@ import time
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search.backends.optuna_backend import best_so_far, record, record_screened, screen_bar
-from search.backends.ray_trial import ATTRS_KEY, FAILURE_KEY, META_KEY, OBJECTIVES, SCREENED_KEY
-from search.study import INTERRUPTED, finished_count
+from search.backends.optuna_backend import best_so_far
+from search.backends.ray_trial import META_KEY, OUTCOME_KEY
+from search.outcome import OBJECTIVES, TrialOutcome
+from search.screening import screen_bar
+from search.study import finished_count, mark_interrupted, record_outcome
 from search.trial import TrialContext
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ class StudySearch(OptunaSearch):
         """Define-by-run: the space's point, plus what the trainable needs from the study: number, label, screening."""
         label = trial.user_attrs.get("label", "search")
         trial.set_user_attr("label", label)
-        meta = {"number": trial.number, "label": label, "screen": screen_bar(self._ot_study, self._ctx)}
+        meta = {"number": trial.number, "label": label, "screen": screen_bar(self._ot_study, self._ctx.dense.accuracy)}
         return {**self._ctx.space.suggest(trial), META_KEY: meta}
 
     def suggest(self, trial_id: str) -> dict | None:
@@ -72,28 +75,18 @@ class StudySearch(OptunaSearch):
         config = self._ctx.config
         if error:
             self._lost_worker(trial_id)
-        elif not result or not {ATTRS_KEY, SCREENED_KEY, FAILURE_KEY} & set(result):
+        elif not result or OUTCOME_KEY not in result:
             self.interrupt(trial_id)
-        elif FAILURE_KEY in result:
-            log.debug("trial %d: %s", trial.number, result.get("traceback", ""))
-            self._fail(trial_id, result[FAILURE_KEY])
-        elif SCREENED_KEY in result:
-            record_screened(trial, json.loads(result[SCREENED_KEY]), config.budget, config.epsilon)
-            super().on_trial_complete(trial_id, None)  # no objective values and no error: Optuna's PRUNED
         else:
-            record(trial, json.loads(result[ATTRS_KEY]), config.budget, config.epsilon)
-            super().on_trial_complete(trial_id, {key: result[key] for key in OBJECTIVES})
+            self._tell(trial_id, TrialOutcome.from_json(json.loads(result[OUTCOME_KEY])))
         study = self._ot_study
         log.info("trial %d done, %d of %d finished; best: %s", trial.number, finished_count(study), config.trials,
                  best_so_far(study, config.budget, config.epsilon))
 
     def interrupt(self, trial_id: str) -> None:
         """Mark a trial stopped before it finished as interrupted and queue its point again (resume re-runs it)."""
-        trial = self._ot_trials[trial_id]
-        trial.set_user_attr("failure", INTERRUPTED)
+        mark_interrupted(self._ot_study, self._ot_trials[trial_id])
         super().on_trial_complete(trial_id, None, error=True)
-        if trial.params:
-            self._ot_study.enqueue_trial(trial.params, user_attrs={"label": trial.user_attrs.get("label", "search")})
 
     def interrupt_unfinished(self) -> int:
         """Interrupt every trial this searcher started and nobody told (the driver is stopping); returns how many."""
@@ -112,14 +105,19 @@ class StudySearch(OptunaSearch):
         self._lost[point] = self._lost.get(point, 0) + 1
         errors = f"{self._tune_dir}/trial-{trial.number:05d}/error.txt in the run folder"
         if self._lost[point] > RELAUNCHES:
-            self._fail(trial_id, f"Ray trial error (worker or node lost, or a Ray task failed) {self._lost[point]} "
-                                 f"times, each after {self._retries} retries; see {errors}")
+            self._tell(trial_id, TrialOutcome("failed", failure=f"Ray trial error (worker or node lost, or a Ray "
+                                              f"task failed) {self._lost[point]} times, each after {self._retries} "
+                                              f"retries; see {errors}"))
             return
         log.warning("trial %d: Ray gave up on it (see %s); its point runs again", trial.number, errors)
         self.interrupt(trial_id)
 
-    def _fail(self, trial_id: str, reason: str) -> None:
-        trial = self._ot_trials[trial_id]
-        log.warning("trial %d failed: %s", trial.number, reason)
-        trial.set_user_attr("failure", reason[:2000])
-        super().on_trial_complete(trial_id, None, error=True)
+    def _tell(self, trial_id: str, outcome: TrialOutcome) -> None:
+        """Record the outcome (search.study.record_outcome) and tell OptunaSearch in its terms: values for a
+        complete trial, none for a screened one (Optuna's PRUNED), an error for a failed one."""
+        config = self._ctx.config
+        state = record_outcome(self._ot_trials[trial_id], outcome, config.budget, config.epsilon)
+        if state == TrialState.COMPLETE:
+            super().on_trial_complete(trial_id, dict(zip(OBJECTIVES, outcome.values or [])))
+        else:
+            super().on_trial_complete(trial_id, None, error=state == TrialState.FAIL)

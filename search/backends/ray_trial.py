@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
-import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,14 +19,14 @@ from ray import tune
 from ray.actor import ActorHandle
 from ray.tune.experiment import Trial
 
+from reports.atomic import write_bytes
+from reports.run_files import confined_path, weights_path
 from search.backends.ray_latency import target_latency_attrs
-from search.recover import ScreenedOut
-from search.trial import TrialContext, evaluate_point
+from search.model_files import load_pruned
+from search.outcome import OBJECTIVES, TrialOutcome, complete, failed, run_point
+from search.trial import TrialContext
 
-OBJECTIVES = ("cost_ratio", "accuracy_loss")
-ATTRS_KEY = "attrs"  # result key: the trial's user attributes as one JSON string (Tune flattens nested dicts)
-SCREENED_KEY = "screened"  # result key: what a candidate stopped by screening knew, as JSON (Optuna: pruned)
-FAILURE_KEY = "failure"  # result key: why the trial failed on its own (not retried)
+OUTCOME_KEY = "outcome"  # result key: the trial's search.outcome.TrialOutcome as one JSON string (Tune flattens dicts)
 META_KEY = "study_trial"  # config key: the Optuna trial's number, label and screening threshold
 
 
@@ -41,11 +39,7 @@ class RunFolderWriter:
 
     def write(self, relative: str, data: bytes) -> None:
         """Write `data` at run_dir/relative atomically (a crash never leaves half a file)."""
-        path = self._run_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".tmp")
-        partial.write_bytes(data)
-        os.replace(partial, path)
+        write_bytes(confined_path(self._run_dir, relative), data)
 
 
 @dataclass
@@ -70,26 +64,28 @@ def run_trial(config: dict[str, Any], setup: TrialSetup) -> None:
 
 
 def _outcome(setup: TrialSetup, params: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """The result to report. Ray errors (a lost node, a dead task) propagate, so that Tune retries the trial."""
+    """The result to report: the trial's outcome as JSON beside its objective values (NaN unless complete). Ray
+    errors (a lost node, a dead task) propagate, so that Tune retries the trial."""
     ctx = setup.ctx
     with tempfile.TemporaryDirectory(prefix="prune-search-trial-") as scratch:
-        try:
-            attrs = evaluate_point(replace(ctx, run_dir=Path(scratch)), params, meta["number"], meta["label"],
-                                   screen=meta["screen"])
-            saved = Path(scratch) / attrs["model_path"]
-            if ctx.config.latency_on:
-                pruned = torch.load(saved, map_location="cpu", weights_only=False)
-                attrs.update(target_latency_attrs(ctx.workload.model, pruned, ctx.workload.example_inputs, ctx.config))
-            values = [attrs[key] for key in OBJECTIVES]
-            if not all(math.isfinite(v) for v in values):
-                raise FloatingPointError(f"objective values {values} are not finite")
-            ray.get(setup.writer.write.remote(attrs["model_path"], saved.read_bytes()))
-        except ScreenedOut as stop:
-            return {**dict.fromkeys(OBJECTIVES, math.nan), SCREENED_KEY: json.dumps(stop.attrs)}
-        except ray.exceptions.RayError:
-            raise
-        except Exception as error:  # noqa: BLE001 - a trial's own failure is recorded, never retried
-            reason = f"{type(error).__name__}: {error}"
-            return {**dict.fromkeys(OBJECTIVES, math.nan), FAILURE_KEY: reason[:2000],
-                    "traceback": traceback.format_exc()[-4000:]}
-    return {**{key: attrs[key] for key in OBJECTIVES}, ATTRS_KEY: json.dumps(attrs)}
+        outcome = run_point(replace(ctx, run_dir=Path(scratch)), params, meta["number"], meta["label"], meta["screen"])
+        if outcome.kind == "complete":
+            try:
+                outcome = _sent_home(setup, outcome, Path(scratch))
+            except ray.exceptions.RayError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a trial's own failure is recorded, never retried
+                outcome = failed(error)
+    values = outcome.values or [math.nan] * len(OBJECTIVES)
+    return {**dict(zip(OBJECTIVES, values)), OUTCOME_KEY: json.dumps(outcome.to_json())}
+
+
+def _sent_home(setup: TrialSetup, outcome: TrialOutcome, scratch: Path) -> TrialOutcome:
+    """Time the model on the target where --latency-on asks, then write its files into the run folder."""
+    ctx, attrs = setup.ctx, dict(outcome.attrs)
+    if ctx.config.latency_on:
+        pruned = load_pruned(scratch, attrs["model_path"], ctx.workload.model)
+        attrs.update(target_latency_attrs(ctx.workload.model, pruned, ctx.workload.example_inputs, ctx.config))
+    for relative in (attrs["model_path"], weights_path(attrs["model_path"])):
+        ray.get(setup.writer.write.remote(str(relative), (scratch / relative).read_bytes()))
+    return complete(attrs)

@@ -42,13 +42,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruners.graph import eval_mode_restored
+from pruners.layer_types import PRUNABLE_LAYERS
+
 with warnings.catch_warnings():
     # fvcore.nn's __init__ scripts a focal loss at import; torch now warns that jit.script is deprecated.
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     from fvcore.nn import FlopCountAnalysis
 
 _FVCORE_LOGGER = logging.getLogger("fvcore.nn.jit_analysis")
-_WEIGHTED = (nn.modules.conv._ConvNd, nn.Linear)
+_WEIGHTED = PRUNABLE_LAYERS
 
 
 def count_flops(model: nn.Module, example_inputs: torch.Tensor) -> int:
@@ -91,7 +94,7 @@ def _fvcore_counts(
     model: nn.Module, example_inputs: torch.Tensor
 ) -> tuple[Counter[str], dict[str, Counter[str]]]:
     """fvcore's dense counts by operator, for the whole model and for each conv/linear module."""
-    with _eval_mode(model), _no_fastpath(), _quiet_fvcore(), torch.inference_mode(False), torch.no_grad():
+    with eval_mode_restored(model), _no_fastpath(), _quiet_fvcore(), torch.inference_mode(False), torch.no_grad():
         analysis = (
             FlopCountAnalysis(model, example_inputs.clone())
             .set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop_jit)
@@ -105,18 +108,6 @@ def _fvcore_counts(
         name: as_ints.get(name, Counter()) for name, module in model.named_modules() if isinstance(module, _WEIGHTED)
     }
     return as_ints[""], per_layer
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode, then restore each one's own training flag."""
-    flags = {module: module.training for module in model.modules()}
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags.items():
-            module.training = training
 
 
 @contextmanager

@@ -27,6 +27,8 @@ from torch import nn
 
 from pruners import prune, removable_blocks
 from pruners.graph import observe
+from pruners.layer_types import BATCH_NORM, CONV, PRUNABLE_LAYERS
+from reports.atomic import write_text
 from search.measure.latency import compare_latency, num_threads, time_calls
 
 log = logging.getLogger(__name__)
@@ -140,7 +142,7 @@ def layer_widths(model: nn.Module) -> dict[str, tuple[int, int]]:
     """(input, output) widths of every conv/linear layer of `model`, by module name."""
     widths = {}
     for name, module in model.named_modules():
-        if isinstance(module, nn.modules.conv._ConvNd):
+        if isinstance(module, CONV):
             widths[name] = (module.in_channels, module.out_channels)
         elif isinstance(module, nn.Linear):
             widths[name] = (module.in_features, module.out_features)
@@ -166,10 +168,7 @@ def latency_table(model: nn.Module, example_inputs: torch.Tensor, *, device: str
             table = _measure(model, example_inputs, signatures, shapes, setup, key, device, batch_size)
             _calibrate(table, model, example_inputs, device, batch_size)
             table.build_seconds = time.perf_counter() - started
-            path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            partial.write_text(json.dumps(table.to_json()))
-            os.replace(partial, path)
+            write_text(path, json.dumps(table.to_json()))
     if table.coverage < MIN_COVERAGE:
         raise LatencyTableError(f"its conv/linear layers explain {table.coverage:.0%} of the dense time (under "
                                 f"{MIN_COVERAGE:.0%})")
@@ -177,7 +176,7 @@ def latency_table(model: nn.Module, example_inputs: torch.Tensor, *, device: str
 
 
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE_LAYERS)]
 
 
 @dataclass(frozen=True)
@@ -203,11 +202,11 @@ def _layer_inputs(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, _
     observe(model, example_inputs[:1], leaves)
     seen: dict[str, _Seen] = {}
     for index, (name, module, shape) in enumerate(calls):
-        if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) or name in seen:
+        if not isinstance(module, PRUNABLE_LAYERS) or name in seen:
             continue
         following = [m for _, m, _ in calls[index + 1:index + 3]]
-        out = module.out_channels if isinstance(module, nn.modules.conv._ConvNd) else module.out_features
-        norm = bool(following) and isinstance(following[0], nn.modules.batchnorm._BatchNorm) \
+        out = module.out_channels if isinstance(module, CONV) else module.out_features
+        norm = bool(following) and isinstance(following[0], BATCH_NORM) \
             and following[0].num_features == out
         after = following[1 if norm else 0:][:1]
         activation = type(after[0]).__name__ if after and isinstance(after[0], ACTIVATIONS) else None
@@ -222,7 +221,7 @@ def _signature(module: nn.Module, seen: _Seen) -> str:
     input_shape, tail = seen.input_shape, [seen.norm, seen.activation]
     if isinstance(module, nn.Linear):
         return json.dumps(["linear", list(input_shape[:-1]), module.bias is not None, *tail])
-    conv: nn.modules.conv._ConvNd = module  # type: ignore[assignment]
+    conv: CONV = module  # type: ignore[assignment]
     if conv.groups == 1:
         grouping = "dense"
     elif conv.groups == conv.in_channels == conv.out_channels:
@@ -260,7 +259,7 @@ def _make_unit(template: nn.Module, seen: _Seen, cin: int, cout: int) -> nn.Modu
         layer: nn.Module = nn.Linear(cin, cout, bias=template.bias is not None)
         norm: nn.Module = nn.BatchNorm1d(cout)
     else:
-        conv: nn.modules.conv._ConvNd = template  # type: ignore[assignment]
+        conv: CONV = template  # type: ignore[assignment]
         depthwise = conv.groups > 1
         cout = cin if depthwise else cout
         layer = type(conv)(cin, cout, conv.kernel_size, conv.stride, conv.padding, conv.dilation,

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -54,7 +55,8 @@ def resolve_factory(name: str) -> WorkloadFactory:
     """A built-in name, or `package.module:function` returning a Workload."""
     target = _BUILTINS.get(name, name)
     if ":" not in target:
-        raise WorkloadError(f"unknown workload {name!r}: use one of {', '.join(builtin_workloads())} or package.module:function")
+        raise WorkloadError(f"unknown workload {name!r}: use one of {', '.join(builtin_workloads())} "
+                            "or package.module:function")
     module_name, _, attr = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -68,11 +70,49 @@ def resolve_factory(name: str) -> WorkloadFactory:
 
 
 def build_workload(name: str, *, seed: int, cache_dir: Path, data_dir: Path | None, device: str) -> Workload:
-    """Build a workload by name; built-ins get the cache and data options, user factories get none."""
+    """Build a workload by name; built-ins get the cache and data options, user factories get none.
+
+    Whatever the factory raises or returns wrong becomes a WorkloadError naming the workload and the fix.
+    """
     factory = resolve_factory(name)
-    if name in _BUILTINS:
-        return factory(seed=seed, cache_dir=cache_dir, data_dir=data_dir, device=device)
-    workload = factory()
+    try:
+        if name in _BUILTINS:
+            workload = factory(seed=seed, cache_dir=cache_dir, data_dir=data_dir, device=device)
+        else:
+            workload = factory()
+    except WorkloadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure inside the factory is the workload's
+        raise WorkloadError(f"workload {name!r} failed to build ({type(error).__name__}: {error}); "
+                            "fix the factory or its data") from error
+    check_workload(name, workload)
+    return workload
+
+
+def check_workload(name: str, workload: object) -> None:
+    """A Workload with a module, iterable splits, a tensor example input the model maps to (batch, classes) logits
+    and a positive learning rate; anything else is a WorkloadError saying which field is wrong."""
     if not isinstance(workload, Workload):
         raise WorkloadError(f"workload {name!r} returned {type(workload).__name__}, not search.workloads.Workload")
-    return workload
+    if not isinstance(workload.model, nn.Module):
+        raise WorkloadError(f"workload {name!r}: model is a {type(workload.model).__name__}, not a torch.nn.Module")
+    if not isinstance(workload.example_inputs, torch.Tensor):
+        raise WorkloadError(f"workload {name!r}: example_inputs is a {type(workload.example_inputs).__name__}, "
+                            "not a tensor of batch size 1")
+    for split in ("train", "val", "test", "calibration"):
+        if not isinstance(getattr(workload, split), Iterable):
+            raise WorkloadError(f"workload {name!r}: {split} is a {type(getattr(workload, split)).__name__}, not an "
+                                "iterable of (inputs, labels) batches, e.g. a DataLoader")
+    if not (isinstance(workload.finetune_lr, (int, float)) and workload.finetune_lr > 0):
+        raise WorkloadError(f"workload {name!r}: finetune_lr {workload.finetune_lr!r} must be a number above 0")
+    device = next(workload.model.parameters(), torch.empty(0)).device
+    try:
+        with torch.no_grad():
+            logits = workload.model.eval()(workload.example_inputs.to(device))
+    except Exception as error:  # noqa: BLE001 - the user's model on the user's example input
+        raise WorkloadError(f"workload {name!r}: the model fails on example_inputs of shape "
+                            f"{list(workload.example_inputs.shape)} ({type(error).__name__}: {error})") from error
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[1] < 2:
+        shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise WorkloadError(f"workload {name!r}: the model maps example_inputs to {shape}, not (batch, classes) "
+                            "logits; wrap it so it returns class scores")

@@ -9,6 +9,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from reports.atomic import write_with
+
 log = logging.getLogger(__name__)
 
 
@@ -28,9 +30,6 @@ def cached_dense(model: nn.Module, key: str, cache_dir: Path, train_fn: Callable
         log.info("dense model %s loaded from %s", key, path)
         return saved["metrics"]
     metrics = train_fn(model)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "metrics": metrics}, partial)
-    os.replace(partial, path)
+    write_with(path, lambda file: torch.save({"state_dict": model.state_dict(), "metrics": metrics}, file))
     log.info("dense model %s trained and cached at %s", key, path)
     return metrics

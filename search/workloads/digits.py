@@ -22,11 +22,13 @@ def load_digits_tensors(seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor
     x = torch.tensor(digits.images, dtype=torch.float32).div_(16).unsqueeze(1)
     y = torch.tensor(digits.target, dtype=torch.int64)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    test, val, tr = order[:SPLIT["test"]], order[SPLIT["test"]:SPLIT["test"] + SPLIT["val"]], order[SPLIT["test"] + SPLIT["val"]:]
+    held_out = SPLIT["test"] + SPLIT["val"]
+    test, val, tr = order[:SPLIT["test"]], order[SPLIT["test"]:held_out], order[held_out:]
     return {"train": (x[tr], y[tr]), "val": (x[val], y[val]), "test": (x[test], y[test])}
 
 
-def digits_cnn_workload(*, seed: int = 0, cache_dir: Path, data_dir: Path | None = None, device: str = "cpu") -> Workload:
+def digits_cnn_workload(*, seed: int = 0, cache_dir: Path, data_dir: Path | None = None,
+                        device: str = "cpu") -> Workload:
     """The tiny workload; its dense model trains in seconds and is cached like the others."""
     splits = load_digits_tensors(seed)
     train_loader = TensorLoader(*splits["train"], 64, shuffle=True, seed=seed)

@@ -25,7 +25,8 @@ VAL_SIZE = 5000
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file, gzipped or not (torchvision's reader wants its own uncompressed layout, so we read them here)."""
+    """Read an IDX file, gzipped or not (torchvision's reader wants its own uncompressed layout, so we read them
+    here)."""
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as handle:
         data = handle.read()
@@ -52,7 +53,8 @@ def _download(directory: Path) -> Path:
 def load_fashion_mnist(data_dir: Path | None, cache_dir: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Images (normalised float, Nx1x28x28) and labels for the train and test splits."""
     if data_dir is not None and not data_dir.is_dir():
-        raise WorkloadError(f"--data-dir {data_dir} is not a readable directory; point it at the Fashion-MNIST idx files")
+        raise WorkloadError(f"--data-dir {data_dir} is not a readable directory; point it at the Fashion-MNIST "
+                            "idx files")
     candidates = [data_dir] if data_dir is not None else [DEBIAN_DIR, cache_dir / "fashion-mnist"]
     for directory in candidates:
         paths = {split: [_find(directory, stem) for stem in stems] for split, stems in FILES.items()}
@@ -60,7 +62,8 @@ def load_fashion_mnist(data_dir: Path | None, cache_dir: Path) -> dict[str, tupl
             break
     else:
         if data_dir is not None:
-            raise WorkloadError(f"--data-dir {data_dir} has no Fashion-MNIST idx files (train-images-idx3-ubyte[.gz] ...)")
+            raise WorkloadError(f"--data-dir {data_dir} has no Fashion-MNIST idx files "
+                                "(train-images-idx3-ubyte[.gz] ...)")
         try:
             directory = _download(cache_dir / "fashion-mnist")
         except Exception as error:  # noqa: BLE001 - no network is the common case

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from reports.selection import TOLERANCE
+
 SLOW_RATIO = 0.95  # a pick at or above this latency ratio is not measurably faster than dense
 
 
@@ -31,7 +33,7 @@ def _other_batches(best: dict[str, Any]) -> list[tuple[str, str, str, str]]:
 def none_reason(pareto: dict[str, Any]) -> str:
     """Why there is no pick, in one sentence: nothing within budget, or nothing within epsilon."""
     budget, epsilon, cost = pareto["budget"], pareto["epsilon"], pareto["cost_metric"]
-    within = [m for m in pareto["pareto"] if m["cost_ratio"] is not None and m["cost_ratio"] <= budget + 1e-9]
+    within = [m for m in pareto["pareto"] if m["cost_ratio"] is not None and m["cost_ratio"] <= budget + TOLERANCE]
     if not within:
         cheapest = min((m["cost_ratio"] for m in pareto["pareto"] if m["cost_ratio"] is not None), default=None)
         reached = "no trial completed" if cheapest is None else f"the cheapest reached {cost} ratio {cheapest:.3f}"
@@ -52,7 +54,8 @@ def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
     if best is None:
         lines.append(f"No model met epsilon={pareto['epsilon']} within budget {pareto['budget']}: "
                      "see the report for the closest one.")
-        rows += [("val accuracy", _fmt_acc(dense["accuracy"]), "-", ""), ("test accuracy", _fmt_acc(dense["test_accuracy"]), "-", ""),
+        rows += [("val accuracy", _fmt_acc(dense["accuracy"]), "-", ""),
+                 ("test accuracy", _fmt_acc(dense["test_accuracy"]), "-", ""),
                  ("FLOPs", _fmt_int(dense["flops"]), "-", ""), ("params", _fmt_int(dense["params"]), "-", ""),
                  ("latency p50", f"{dense['latency_ms']:.3f} ms", "-", "")]
     else:
@@ -60,11 +63,13 @@ def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
             ("val accuracy", _fmt_acc(dense["accuracy"]), _fmt_acc(best["accuracy"]),
              f"{100 * (best['accuracy'] - dense['accuracy']):+.2f} pt"),
             ("test accuracy", _fmt_acc(dense["test_accuracy"]), _fmt_acc(best["test_accuracy"]),
-             "" if best["test_accuracy"] is None else f"{100 * (best['test_accuracy'] - dense['test_accuracy']):+.2f} pt"),
+             "" if best["test_accuracy"] is None
+             else f"{100 * (best['test_accuracy'] - dense['test_accuracy']):+.2f} pt"),
             ("nonzero FLOPs" if best.get("nonzero_flops") is not None else "FLOPs", _fmt_int(dense["flops"]),
              _fmt_int(best["flops"]), f"{best['flops_ratio']:.3f}x"),
             ("params", _fmt_int(dense["params"]), _fmt_int(best["params"]), f"{best['params_ratio']:.3f}x"),
-            ("latency p50", f"{best.get('dense_latency_ms') or dense['latency_ms']:.3f} ms", f"{best['latency_ms']:.3f} ms",
+            ("latency p50", f"{best.get('dense_latency_ms') or dense['latency_ms']:.3f} ms",
+             f"{best['latency_ms']:.3f} ms",
              f"{best['latency_ratio']:.3f}x (interleaved, batch {_search_batch(best)})"),
             *_other_batches(best),
         ]
@@ -72,11 +77,13 @@ def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if best is not None:
         flops = "nonzero FLOPs" if best.get("nonzero_flops") is not None else "FLOPs"
-        lines.insert(1, f"Pick: trial {best['trial']} ({best['method']}, {best['label']}), cost ratio {best['cost_ratio']:.3f} "
+        lines.insert(1, f"Pick: trial {best['trial']} ({best['method']}, {best['label']}), "
+                        f"cost ratio {best['cost_ratio']:.3f} "
                         f"({pareto['cost_metric']}), {flops} ratio {best['flops_ratio']:.3f}, latency ratio "
                         f"{best['latency_ratio']:.3f}.")
         if best.get("latency_ratio_p10") is not None:
-            lines.insert(2, f"Latency ratio re-measured after the search: {best['latency_ratio']:.3f} (p10-p90 over rounds "
+            lines.insert(2, f"Latency ratio re-measured after the search: {best['latency_ratio']:.3f} "
+                            "(p10-p90 over rounds "
                             f"{best['latency_ratio_p10']:.3f}-{best['latency_ratio_p90']:.3f}).")
         if best["latency_ratio"] >= SLOW_RATIO:
             lines.append("Warning: the pick is not measurably faster than dense. Masked weights cut nonzero FLOPs but, "
@@ -84,5 +91,7 @@ def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
                          "use --cost latency for speed.")
     else:
         lines.append(f"Why: {none_reason(pareto)}")
+    for step, reason in (pareto.get("final_stage_errors") or {}).items():
+        lines.append(f"Final stage: {step} failed ({reason}); the figures above are the search's.")
     lines.append(f"Report: {report_path}")
     return lines

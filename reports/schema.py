@@ -1,0 +1,33 @@
+"""A trial's measured costs, defined once: search.reference measures them, trials and final fine-tunes record them
+as user attributes, reports read them back by the same names."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A pruned model's costs against the dense model, latency timed interleaved with it."""
+
+    flops: int
+    params: int
+    size_bytes: int
+    latency_ms: float
+    latency_p90_ms: float
+    dense_latency_ms: float
+    flops_ratio: float
+    params_ratio: float
+    latency_ratio: float
+    predicted_latency_ratio: float | None  # the latency table's; None where it cannot model the network
+
+    def ratio(self, cost_metric: str) -> float:
+        """The ratio to dense in a run's cost metric (flops, latency or params)."""
+        return float(getattr(self, f"{cost_metric}_ratio"))
+
+    def to_attrs(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+MEASURED_FIELDS = tuple(f.name for f in fields(Measured))
