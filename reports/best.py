@@ -39,11 +39,14 @@ def write_best(run_dir: Path, best: TrialRecord | None) -> BestFiles:
         return BestFiles.NO_PICK
     write_text(folder / "policy.json", to_json(best.policy or {}))
     source = model_file(run_dir, best)
-    weights = None if source is None else confined_path(run_dir, str(weights_path(best.model_path)))
-    if source is None or not weights.is_file():
+    if source is None:
         for name in ("model.pt", BEST_WEIGHTS):
             (folder / name).unlink(missing_ok=True)
         return BestFiles.MODEL_MISSING
     copy_file(source, folder / "model.pt")
+    weights = confined_path(run_dir, str(weights_path(best.model_path or "")))
+    if not weights.is_file():  # a run folder written before weights files existed: the model is still the user's
+        (folder / BEST_WEIGHTS).unlink(missing_ok=True)
+        return BestFiles.WRITTEN
     copy_file(weights, folder / BEST_WEIGHTS)
     return BestFiles.WRITTEN

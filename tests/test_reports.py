@@ -251,6 +251,13 @@ def test_pick_without_model_file_keeps_policy_only(run_dir: Path) -> None:
     assert "Its model file (trials/00001/model.pt) is missing" in (run_dir / "report.md").read_text()
 
 
+def test_a_run_folder_from_before_weights_files_keeps_its_best_model(run_dir: Path) -> None:
+    (run_dir / "trials/00001/model.weights.pt").unlink()
+    write_report(run_dir)
+    assert (run_dir / "best/model.pt").read_bytes() == (run_dir / "trials/00001/model.pt").read_bytes()
+    assert not (run_dir / "best/model.weights.pt").exists()
+
+
 def test_study_without_trials_still_reports(tmp_path: Path) -> None:
     run = tmp_path / "run"
     make_study(run, [])
