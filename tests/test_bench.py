@@ -12,7 +12,7 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from reports import TrialRecord
-from search.bench import _screening
+from search.bench import _screening, arm_candidate
 from tests.conftest import ROOT
 
 ARMS = {"search", "search_own", "search_all", "random_search", "uniform_l1", "tp_global", "uniform_magnitude"}
@@ -57,3 +57,15 @@ def test_screening_rank_correlation_uses_the_fine_tuned_accuracy() -> None:
                           accuracy_before_finetune=b, accuracy_after_finetune=a, screen_seconds=1.0)
               for n, (b, a) in enumerate(zip(before, after))]
     assert _screening(trials)["spearman"] == -1.0
+
+
+def test_an_arm_with_no_trial_within_budget_takes_its_cheapest_marked_over() -> None:
+    """Measured latency can miss a fitted target: the arm still gets a candidate (its cheapest, over budget), so every
+    arm gets the same final stage; own trials never fall back on a warm start."""
+    def trial(number: int, cost: float, accuracy: float, label: str = "search") -> TrialRecord:
+        return TrialRecord(number=number, state=TrialState.COMPLETE, cost_ratio=cost, accuracy=accuracy, label=label,
+                           policy={"method": "channel"})
+    trials = [trial(0, 0.75, 0.9, "baseline:tp_global"), trial(1, 0.9, 0.95), trial(2, 0.85, 0.93)]
+    assert arm_candidate(trials, 0.8).number == 0
+    assert arm_candidate(trials, 0.8, own=True).number == 2
+    assert arm_candidate(trials, 0.95, own=True).number == 1
