@@ -34,6 +34,7 @@ class RunInfo:
     space: dict[str, Any]
     latency_table: dict[str, Any] | None = None  # search.measure.latency_table.LatencyTable.describe()
     final_errors: dict[str, str] = field(default_factory=dict)  # final-stage step -> why it failed
+    sensitivity: dict[str, Any] | None = None  # search.sensitivity.SensitivityMap.to_json()
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def _policy(value: Any) -> dict[str, Any] | None:
 TEST_ACCURACY_ATTR = "test_accuracy"  # study attr {trial number: accuracy}: finished trials cannot take new attrs
 FINAL_ATTR = "final"  # study attr {trial number: metrics after the final fine-tune (search --final-epochs)}
 BATCHES_ATTR = "latency_by_batch"  # study attr {trial number: {batch size: latency stats and ratio}}
+SENSITIVITY_ATTR = "sensitivity"  # study attr: the run's sensitivity map (search.sensitivity), measured once
 FINAL_ERRORS_ATTR = "final_stage_errors"  # study attr {final-stage step: why it failed}; the report says it
 REMEASURED_ATTR = "remeasured"  # study attr {trial number: the pick's latency ratio re-measured with more rounds}
 FINAL_FIELDS = ("accuracy", "accuracy_loss", "test_accuracy", *MEASURED_FIELDS, "cost_ratio", "model_path")
@@ -218,6 +220,7 @@ def run_info(attrs: dict[str, Any]) -> RunInfo:
         space=dict(attrs.get("space") or {}),
         latency_table=attrs.get("latency_table"),
         final_errors=dict(attrs.get(FINAL_ERRORS_ATTR) or {}),
+        sensitivity=attrs.get(SENSITIVITY_ATTR),
     )
 
 

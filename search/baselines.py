@@ -27,11 +27,26 @@ def baseline_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
     return {name: p for name, p in points.items() if p["method"] in space.methods}
 
 
+def sensitivity_point(space: SearchSpace) -> dict[str, Any] | None:
+    """The search's own first point where the run has a sensitivity map: channel pruning at the budget, each group in
+    proportion to its measured efficiency (power 1). Not a hand-picked baseline: it is labelled `search`."""
+    if not space.sensitivity or "channel" not in space.methods:
+        return None
+    point = {"method": "channel", "criterion": "l2", "round_to": 1, "ranking": "per_group",
+             "allocation": "sensitivity", "sensitivity_power": 1.0, "lr_scale": 1.0, "distill": 0.0,
+             "target": space.budget}
+    return {**point, "depth": 0.0} if space.blocks else point
+
+
 def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[str]:
-    """Queue the baselines in a study that has no trials yet; returns their names."""
+    """Queue the baselines, then the sensitivity point, in a study that has no trials yet; returns the baselines'
+    names."""
     if study.trials:
         return []
     points = baseline_points(space)
     for name, params in points.items():
         study.enqueue_trial(params, user_attrs={"label": f"{BASELINE_LABEL}{name}"})
+    first = sensitivity_point(space)
+    if first is not None:
+        study.enqueue_trial(first, user_attrs={"label": "search"})
     return list(points)

@@ -8,10 +8,12 @@ Arms at each FLOPs budget (--budgets), one dense model:
 - uniform_l1, tp_global, uniform_magnitude: the hand-picked baselines (the studies' warm-start trials).
 At each latency budget (--latency-budgets): search and search_own against uniform_l1 and tp_global, every one
 fitted to the same measured latency.
-Fair by construction: every arm has one candidate (its most accurate trial within the budget, at search fidelity;
-its cheapest, marked over budget, where none landed within it),
-and every candidate gets the same final fine-tune (--final-epochs, the product's recipe) under each of --seeds
-seeds; rows give the mean and the spread, and the verdict calls a difference a win only beyond the spread.
+Fair by construction: every arm has one candidate, and every candidate gets the same final fine-tune (--final-epochs,
+the product's recipe, re-pruned from its policy) under each of --seeds seeds; rows give the mean and the spread, and
+the verdict calls a difference a win only beyond the spread. A baseline's candidate is its warm-start trial; a search
+arm's is the winner of successive halving over its --promote most accurate trials within budget (search.promotion:
+selection only, the final fine-tune starts again from the dense model), paid for in the arm's wall time. An arm with
+no trial within budget offers its cheapest, marked over budget.
 Writes DIR/bench.json and DIR/bench.md.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
+import optuna
 from scipy.stats import spearmanr
 
 from pruners import available_methods, faster_methods, get_method
@@ -35,9 +38,11 @@ from search.baselines import BASELINE_LABEL
 from search.config import MIN_BUDGET, ConfigError, RunConfig, parse_config
 from search.finalize import FinalModel, refinetune
 from search.pipeline import USER_ERRORS, prepare, run_backend
+from search.promotion import successive_halving
 from search.reference import DenseReference, measure_dense
 from search.run import configure_logging
 from search.study import storage_url
+from search.trial import TrialContext
 from search.workloads import Workload, build_workload
 
 log = logging.getLogger("search.bench")
@@ -57,6 +62,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
                         help="comma-separated latency budgets: the structured search against the structured baselines "
                              "fitted to the same measured latency (default: none)")
     parser.add_argument("--final-epochs", type=float, default=1.0, help="fine-tuning of every final model, in epochs")
+    parser.add_argument("--promote", type=int, default=4,
+                        help="successive halving over each search arm's N best trials within budget before its final "
+                             "fine-tune (1: the most accurate goes on as it is)")
+    parser.add_argument("--promote-epochs", type=float, default=0.5,
+                        help="fine-tuning of the first promotion rung, in epochs (doubled per rung)")
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds each arm's final fine-tune is repeated under (mean and spread reported)")
     args, rest = parser.parse_known_args(argv)
@@ -66,6 +76,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
         raise ConfigError("--budgets and --latency-budgets are both empty: give at least one budget")
     if not args.final_epochs > 0:
         raise ConfigError(f"--final-epochs {args.final_epochs} must be above 0: every final model is fine-tuned")
+    if args.promote < 1 or not args.promote_epochs > 0:
+        raise ConfigError(f"--promote {args.promote} must be 1 or more and --promote-epochs {args.promote_epochs} "
+                          "above 0")
     if args.seeds < 1:
         raise ConfigError(f"--seeds {args.seeds} must be 1 or more")
     if not any(a == "--target-floor" or a.startswith("--target-floor=") for a in rest):
@@ -83,16 +96,31 @@ def _budgets(flag: str, text: str) -> list[float]:
     return budgets
 
 
-def arm_candidate(trials: list[TrialRecord], budget: float, own: bool = False) -> TrialRecord | None:
+def own_trials(trials: list[TrialRecord]) -> list[TrialRecord]:
+    """The search's own trials: the warm-start baselines left out."""
+    return [t for t in trials if not (t.label or "").startswith(BASELINE_LABEL)]
+
+
+def arm_candidate(trials: list[TrialRecord], budget: float) -> TrialRecord | None:
     """An arm's one candidate: its complete trial with the best validation accuracy at or under the budget, else
     (no trial landed within it: measured latency can miss a fitted target) its cheapest, which the row marks over
-    budget. `own`: the search's own trials only, the warm-start baselines left out."""
-    complete = [t for t in trials if t.is_complete and t.cost_ratio is not None and t.policy
-                and not (own and (t.label or "").startswith(BASELINE_LABEL))]
+    budget."""
+    complete = [t for t in trials if t.is_complete and t.cost_ratio is not None and t.policy]
     fitting = [t for t in complete if t.cost_ratio <= budget + TOLERANCE]
     if fitting:
         return max(fitting, key=lambda t: (t.accuracy, -t.cost_ratio))
     return min(complete, key=lambda t: (t.cost_ratio, -t.accuracy), default=None)
+
+
+def searched_candidate(study: optuna.Study, ctx: TrialContext, trials: list[TrialRecord],
+                       args: argparse.Namespace) -> TrialRecord | None:
+    """A search arm's candidate: the winner of successive halving over its --promote best trials within budget
+    (search.promotion), else its most accurate (arm_candidate)."""
+    if args.promote > 1:
+        winner = successive_halving(study, ctx, trials, args.promote, args.promote_epochs)
+        if winner is not None:
+            return winner
+    return arm_candidate(trials, ctx.config.budget)
 
 
 def bench_points(args: argparse.Namespace) -> list[tuple[str, float]]:
@@ -121,12 +149,13 @@ def run_bench(args: argparse.Namespace, base: RunConfig) -> dict[str, Any]:
             started = time.perf_counter()
             study, ctx = prepare(config, workload, dense)
             run_backend(study, ctx)
-            seconds = time.perf_counter() - started
             trials = load_records(storage_url(config.out), final=False).trials
             at_budget += trials
-            candidates[arm] = (arm_candidate(trials, budget), seconds, config)
+            picks = {arm: searched_candidate(study, ctx, trials, args)}
             if arm == "search":
-                candidates["search_own"] = (arm_candidate(trials, budget, own=True), seconds, config)
+                picks["search_own"] = searched_candidate(study, ctx, own_trials(trials), args)
+            seconds = time.perf_counter() - started  # the search, its sensitivity map and every promotion rung
+            candidates.update({name: (pick, seconds, config) for name, pick in picks.items()})
             if arm == ("search" if cost == "latency" else "search_all"):
                 for name in STRUCTURED_BASELINES if cost == "latency" else BASELINES:
                     pick = next((t for t in trials if t.label == f"{BASELINE_LABEL}{name}" and t.policy), None)

@@ -47,18 +47,16 @@ class FinalModel:
     measured: Measured
 
 
-def final_finetune(workload: Workload, dense: DenseReference, policy: Policy, *, epochs: float, device: str = "cpu",
-                   threads: int | None = None, batch_size: int = 1, table: LatencyTable | None = None) -> FinalModel:
-    """Prune the dense model by `policy`, recover it for `epochs` (distilling from dense with at least FINAL_DISTILL),
-    and measure it against dense."""
+def retrained(record: TrialRecord, workload: Workload, config: RunConfig) -> tuple[nn.Module, float]:
+    """Re-prune a trial from its policy and recover it for config.final_epochs (distilling from dense with at least
+    FINAL_DISTILL), seeded by its policy; returns the baked model and its validation accuracy."""
+    torch.manual_seed(point_seed(config.seed, record.policy))
+    policy = Policy.from_json(record.policy)
     model = prune(workload.model, workload.example_inputs, **policy.prune_kwargs(),
                   **calibration_options(workload, policy.method, policy.criterion))
-    recovery = recover(model, workload, epochs=epochs, lr=policy.finetune_lr, device=device,
+    recovery = recover(model, workload, epochs=config.final_epochs, lr=policy.finetune_lr, device=config.device,
                        distill=max(policy.distill, FINAL_DISTILL))
-    model = bake(model.cpu().eval())
-    measured = measure_against_dense(model, workload, dense, device=device, threads=threads, batch_size=batch_size,
-                                     table=table)
-    return FinalModel(model, recovery.accuracy, evaluate(model, workload.test, device), measured)
+    return bake(model.cpu().eval()), recovery.accuracy
 
 
 def final_model_path(number: int) -> str:
@@ -74,10 +72,11 @@ def final_candidates(records: list[TrialRecord], budget: float) -> list[TrialRec
 
 def refinetune(record: TrialRecord, workload: Workload, dense: DenseReference, config: RunConfig,
                table: LatencyTable | None = None) -> FinalModel:
-    """Re-prune a trial from its policy and fine-tune it for config.final_epochs, seeded by its policy."""
-    torch.manual_seed(point_seed(config.seed, record.policy))
-    return final_finetune(workload, dense, Policy.from_json(record.policy), epochs=config.final_epochs,
-                          device=config.device, threads=config.threads, batch_size=config.batch_size, table=table)
+    """A trial retrained for config.final_epochs, then measured against dense and on the test split."""
+    model, accuracy = retrained(record, workload, config)
+    measured = measure_against_dense(model, workload, dense, device=config.device, threads=config.threads,
+                                     batch_size=config.batch_size, table=table)
+    return FinalModel(model, accuracy, evaluate(model, workload.test, config.device), measured)
 
 
 def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None = None,

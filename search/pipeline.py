@@ -23,6 +23,7 @@ from search.latency_checks import remeasure_pick, time_both_batches
 from search.measure import count_flops, layer_flops
 from search.measure.latency_table import LatencyTable, LatencyTableError, latency_table
 from search.reference import DenseReference, measure_dense, near_chance_bar, weights_fingerprint
+from search.sensitivity import with_sensitivity
 from search.study import ResumeError, open_study, record_final_error, record_run_attrs, requeue_interrupted, storage_url
 from search.trial import TrialContext, fitting_ratio
 from search.workloads import Workload, WorkloadError
@@ -66,6 +67,7 @@ def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None 
                               count_flops(workload.model, workload.example_inputs), methods, config.budget,
                               workload.finetune_lr, config.target_floor, round_to,
                               table.dense_layer_ms() if table is not None and config.cost == "latency" else None)
+    space = with_sensitivity(study, space, workload, config.device)
     record_run_attrs(study, {
         "workload": config.workload, "cost_metric": config.cost, "budget": config.budget, "epsilon": config.epsilon,
         "input_shape": workload.input_shape, "dense": dense.to_json(), "config": config.to_json(),

@@ -18,10 +18,13 @@ from spaces.policy import Policy
 MAX_SPARSITY = 0.9
 ROUND_TO = (1, 4, 8)
 RANKINGS = ("per_group", "global")  # global: Torch-Pruning ranks all groups together and the level is the overall ratio
-ALLOCATIONS = ("shaped", "free")  # shaped: two knobs over every group (few trials find it); free: one knob per group
+ALLOCATIONS = ("shaped", "free", "sensitivity")  # shaped: two knobs over every group (few trials find it); free: one
+# knob per group; sensitivity: the run's sensitivity map (search.sensitivity) to a searched power, where it has one
 STREAM_SHARE = (0.25, 2.0)  # shaped: weight of coupled groups (residual streams) against single-layer ones
 DEPTH_TILT = (-0.9, 0.9)  # shaped: weights grow (> 0) or shrink (< 0) linearly with depth
 FREE_WEIGHT = (0.25, 1.0)  # free: one relative weight per group (wider spreads screened near chance on ResNet-20)
+SENSITIVITY_POWER = (0.25, 2.0)  # sensitivity: each group's efficiency (FLOPs saved per accuracy lost) to this power
+SENSITIVITY_FLOOR = 0.05  # sensitivity: the least relative weight, so every group can still reach its cap
 NM_PATTERNS = ("2:4", "1:4", "2:8", "1:8")
 DISTILL = (0.0, 0.5, 0.9)  # weight of distillation from the dense model in the recovery loss
 
@@ -51,6 +54,7 @@ class SearchSpace:
     round_to: tuple[int, ...] = ROUND_TO  # the round_to values offered (those that can reach the budget)
     blocks: int = 0  # removable residual blocks: a per-group method that takes `blocks` may drop up to this many
     block_share: float = 0.0  # mean share of the dense cost (FLOPs, or time with --cost latency) in one removable block
+    sensitivity: dict[str, float] | None = None  # group -> FLOPs saved per accuracy lost, pruned alone (measured)
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs: torch.Tensor, layer_flops: dict[str, int], total_flops: int,
@@ -101,8 +105,10 @@ class SearchSpace:
         if traits.knob == "per_group" and "blocks" in traits.options and self.blocks:
             params["depth"] = trial.suggest_float("depth", 0.0, 1.0)
         if traits.knob == "per_group" and params.get("ranking", "per_group") == "per_group":
-            params["allocation"] = trial.suggest_categorical("allocation", list(ALLOCATIONS))
-            if params["allocation"] == "shaped":
+            params["allocation"] = trial.suggest_categorical("allocation", self.allocations())
+            if params["allocation"] == "sensitivity":
+                params["sensitivity_power"] = trial.suggest_float("sensitivity_power", *SENSITIVITY_POWER)
+            elif params["allocation"] == "shaped":
                 params["stream_share"] = trial.suggest_float("stream_share", *STREAM_SHARE, log=True)
                 params["depth_tilt"] = trial.suggest_float("depth_tilt", *DEPTH_TILT)
             else:
@@ -110,8 +116,19 @@ class SearchSpace:
                     params[f"a:{group.name}"] = trial.suggest_float(f"a:{group.name}", *FREE_WEIGHT)
         return params
 
+    def allocations(self) -> list[str]:
+        """The allocation kinds offered: `sensitivity` only where the run measured a sensitivity map."""
+        return [a for a in ALLOCATIONS if a != "sensitivity" or self.sensitivity]
+
     def allocation(self, params: dict[str, Any]) -> dict[str, float]:
-        """Relative pruning weight of each group: from the two shape knobs, the free per-group knobs, or uniform."""
+        """Relative pruning weight of each group: from the two shape knobs, the sensitivity map, the free per-group
+        knobs, or uniform."""
+        if params.get("allocation") == "sensitivity":
+            if not self.sensitivity:
+                raise SpaceError("this point asks for the sensitivity allocation, but the run has no sensitivity map")
+            top = max(self.sensitivity.values())
+            power = float(params["sensitivity_power"])
+            return {g.name: max(SENSITIVITY_FLOOR, (self.sensitivity[g.name] / top) ** power) for g in self.groups}
         if params.get("allocation") == "shaped":
             share, tilt = float(params["stream_share"]), float(params["depth_tilt"])
             return {g.name: (share if len(g.out_layers) > 1 else 1.0) * (1.0 + tilt * (2.0 * self.depth[g.name] - 1.0))
@@ -198,9 +215,13 @@ class SearchSpace:
                 "shaped": f"weight = stream_share {list(STREAM_SHARE)} for coupled groups (1 for the rest) x "
                           f"(1 + depth_tilt {list(DEPTH_TILT)} x (2 depth - 1)), depth in [0, 1] per group",
                 "free": f"one relative weight in {list(FREE_WEIGHT)} per group",
+                "sensitivity": f"(efficiency / the largest) ** sensitivity_power {list(SENSITIVITY_POWER)}, at least "
+                               f"{SENSITIVITY_FLOOR}; efficiency: FLOPs saved per accuracy lost by the group pruned "
+                               "alone (the run's sensitivity map)" if self.sensitivity else "no sensitivity map",
                 "scale": "the weights are scaled by a level solved so the cost lands on the sampled target",
             },
             "group_depth": {name: round(d, 3) for name, d in self.depth.items()},
+            "group_sensitivity": {name: round(e, 4) for name, e in (self.sensitivity or {}).items()},
             "criteria": {m: list(get_method(m).searched_criteria) for m in self.methods},
             "round_to": list(self.round_to), "ranking": list(RANKINGS),
             "depth": {"low": 0.0, "high": 1.0, "removable_blocks": self.blocks,

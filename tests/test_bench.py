@@ -9,10 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 from optuna.trial import TrialState
 
 from reports import TrialRecord
-from search.bench import _screening, arm_candidate
+from search.bench import _screening, arm_candidate, own_trials
+from search.promotion import PROMOTION_ATTR
+from search.study import storage_url
 from tests.conftest import ROOT
 
 ARMS = {"search", "search_own", "search_all", "random_search", "uniform_l1", "tp_global", "uniform_magnitude"}
@@ -42,6 +45,8 @@ def test_bench_on_digits_gives_every_arm_the_same_final_stage(cache_dir: Path, d
             if arm != "uniform_magnitude" and not budget.startswith("latency"):
                 assert not r["over_budget"] and r["flops_ratio"] <= limit + 1e-9, (budget, arm)
         assert row["search_own"]["label"] == "search"  # its own trials only: never a warm start
+        promoted = optuna.load_study(study_name="search", storage=storage_url(out / budget / "search")).user_attrs
+        assert len(promoted.get(PROMOTION_ATTR, {})) >= 2, budget  # successive halving ran before the final stage
     screening = bench["screening"]
     assert screening["pairs"] >= 3 and screening["seconds_per_candidate"] > 0
     assert screening["spearman"] is not None and -1 <= screening["spearman"] <= 1
@@ -67,5 +72,5 @@ def test_an_arm_with_no_trial_within_budget_takes_its_cheapest_marked_over() -> 
                            policy={"method": "channel"})
     trials = [trial(0, 0.75, 0.9, "baseline:tp_global"), trial(1, 0.9, 0.95), trial(2, 0.85, 0.93)]
     assert arm_candidate(trials, 0.8).number == 0
-    assert arm_candidate(trials, 0.8, own=True).number == 2
-    assert arm_candidate(trials, 0.95, own=True).number == 1
+    assert arm_candidate(own_trials(trials), 0.8).number == 2
+    assert arm_candidate(own_trials(trials), 0.95).number == 1

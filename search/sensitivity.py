@@ -1,0 +1,105 @@
+"""The sensitivity map: the validation accuracy each channel group keeps when it alone is pruned, at a few ratios,
+after batch-norm recalibration (NVIDIA Model-Optimizer's FastNAS, AIMET's greedy ratio selection).
+
+Computed once per run and stored on the study (a resume reuses it); the space's `sensitivity` allocation prunes
+each group in proportion to the FLOPs it saves per point of accuracy it costs, raised to a searched power.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+
+import optuna
+
+from pruners import get_method, prune
+from reports.records import SENSITIVITY_ATTR
+from search.recover import SCREEN_SAMPLES
+from search.training import count_correct, leading_batches, recalibrate_batchnorm
+from search.workloads import Workload
+from spaces import SearchSpace
+
+log = logging.getLogger(__name__)
+RATIOS = (0.25, 0.5, 0.75)  # each group pruned alone at these ratios
+LOSS_FLOOR = 0.002  # accuracy loss counted at least: a group that loses nothing on the screening samples is not free
+
+
+@dataclass(frozen=True)
+class SensitivityMap:
+    """Per group: the screened accuracy at each of `ratios` and the share of the dense FLOPs pruning it saves."""
+
+    method: str
+    criterion: str
+    ratios: list[float]
+    dense_accuracy: float  # on the same screening samples, unpruned
+    accuracy: dict[str, list[float]]
+    saved: dict[str, list[float]]
+    seconds: float
+
+    def losses(self, group: str) -> list[float]:
+        return [max(self.dense_accuracy - a, 0.0) for a in self.accuracy[group]]
+
+    def efficiency(self) -> dict[str, float]:
+        """FLOPs saved per point of accuracy lost, each group over the measured ratios (higher: prune it harder)."""
+        return {g: sum(self.saved[g]) / sum(loss + LOSS_FLOOR for loss in self.losses(g)) for g in self.accuracy}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "SensitivityMap":
+        return cls(**data)
+
+
+def sensitivity_method(space: SearchSpace) -> str | None:
+    """The per-group method a map is measured with: the first in the space that removes work, else the first per-group
+    one; None where the space has no per-group method or no groups."""
+    per_group = [m for m in space.methods if get_method(m).knob == "per_group"]
+    if not per_group or not space.groups:
+        return None
+    return next((m for m in per_group if get_method(m).removes_work), per_group[0])
+
+
+def measure_sensitivity(workload: Workload, space: SearchSpace, device: str = "cpu") -> SensitivityMap | None:
+    """Prune each group of the space alone at RATIOS (the method's first criterion), recalibrate batch norm, and
+    screen on the first SCREEN_SAMPLES validation samples; None where the space has nothing to measure."""
+    method = sensitivity_method(space)
+    if method is None:
+        return None
+    started = time.perf_counter()
+    criterion = get_method(method).criteria[0]
+    head, _ = leading_batches(workload.val, SCREEN_SAMPLES)
+    correct, seen = count_correct(workload.model, head, device)
+    accuracy: dict[str, list[float]] = {}
+    saved: dict[str, list[float]] = {}
+    for group in space.groups:
+        accuracy[group.name], saved[group.name] = [], []
+        for ratio in RATIOS:
+            model = prune(workload.model, workload.example_inputs, method=method, criterion=criterion,
+                          sparsity={layer: ratio for layer in group.out_layers})
+            recalibrate_batchnorm(model, workload.calibration, device)
+            kept, total = count_correct(model, head, device)
+            accuracy[group.name].append(kept / max(total, 1))
+            cost = (space.cost_model.channel_ratio({group.name: ratio}) if get_method(method).removes_work
+                    else space.cost_model.masked_ratio({group.name: ratio}))
+            saved[group.name].append(1.0 - cost)
+    found = SensitivityMap(method, criterion, list(RATIOS), correct / max(seen, 1), accuracy, saved,
+                           time.perf_counter() - started)
+    log.info("sensitivity map: %d groups x %d ratios in %.0f s", len(accuracy), len(RATIOS), found.seconds)
+    return found
+
+
+def with_sensitivity(study: optuna.Study, space: SearchSpace, workload: Workload, device: str = "cpu"
+                     ) -> SearchSpace:
+    """The space with the run's sensitivity map: the one stored on the study, else, for a study with no trials yet,
+    one measured now and stored. A study begun without one keeps its space as it was, so a resume samples the same
+    choices."""
+    stored = study.user_attrs.get(SENSITIVITY_ATTR)
+    if stored is None and study.trials:
+        return space
+    found = SensitivityMap.from_json(stored) if stored else measure_sensitivity(workload, space, device)
+    if found is None:
+        return space
+    if not stored:
+        study.set_user_attr(SENSITIVITY_ATTR, found.to_json())
+    return replace(space, sensitivity=found.efficiency())

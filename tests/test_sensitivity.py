@@ -1,0 +1,69 @@
+"""The sensitivity map (measured once per run, reused on resume, steering the `sensitivity` allocation) and successive
+halving before the final stage, on digits-cnn."""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from reports import load_records
+from reports.records import SENSITIVITY_ATTR
+from search import sensitivity
+from search.config import parse_config
+from search.pipeline import prepare, run_backend
+from search.promotion import PROMOTION_ATTR, successive_halving
+from search.study import storage_url
+from search.workloads import Workload
+
+QUICK = ["--workload", "digits-cnn", "--budget", "0.5", "--threads", "1", "--finetune-epochs", "0.3",
+         "--final-epochs", "0"]
+
+
+def test_the_map_is_measured_once_and_reused_on_resume(digits: Workload, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    config = parse_config([*QUICK, "--trials", "1", "--out", str(tmp_path / "run")])
+    study, ctx = prepare(config, digits)
+    stored = study.user_attrs[SENSITIVITY_ATTR]
+    groups = {g.name for g in ctx.space.groups}
+    assert set(stored["accuracy"]) == groups and set(ctx.space.sensitivity) == groups
+    for group in groups:  # pruning a group harder saves more and never costs less accuracy than nothing
+        assert stored["saved"][group] == sorted(stored["saved"][group]) and stored["saved"][group][0] > 0
+        assert all(0 <= a <= 1 for a in stored["accuracy"][group])
+    assert "sensitivity" in ctx.space.allocations()
+
+    def measured_again(*_args, **_kwargs) -> None:
+        raise AssertionError("a resume measured the sensitivity map again")
+    monkeypatch.setattr(sensitivity, "measure_sensitivity", measured_again)
+    run_backend(study, ctx)
+    _, resumed = prepare(config, digits)
+    assert resumed.space.sensitivity == ctx.space.sensitivity
+
+
+def test_the_sensitivity_allocation_prunes_efficient_groups_harder(digits: Workload, tmp_path: Path) -> None:
+    _, ctx = prepare(parse_config([*QUICK, "--trials", "1", "--out", str(tmp_path / "run")]), digits)
+    efficiency = ctx.space.sensitivity
+    point = {"method": "channel", "allocation": "sensitivity", "target": 0.5}
+    ratios = ctx.space.group_ratios({**point, "sensitivity_power": 1.0}, 0.6)
+    ranked = sorted(efficiency, key=efficiency.__getitem__)
+    assert [ratios[g] for g in ranked] == sorted(ratios[g] for g in ranked)
+    assert ratios[ranked[-1]] == pytest.approx(0.6)
+    flat = ctx.space.group_ratios({**point, "sensitivity_power": 0.0}, 0.6)
+    assert set(flat.values()) == {0.6}  # power 0: uniform
+    without = replace(ctx.space, sensitivity=None)
+    assert "sensitivity" not in without.allocations()
+
+
+def test_successive_halving_promotes_the_better_half_and_resumes(digits: Workload, tmp_path: Path) -> None:
+    config = parse_config([*QUICK, "--trials", "6", "--out", str(tmp_path / "run")])
+    study, ctx = prepare(config, digits)
+    run_backend(study, ctx)
+    trials = load_records(storage_url(ctx.run_dir), final=False).trials
+    winner = successive_halving(study, ctx, trials, 4, 0.25)
+    rungs = study.user_attrs[PROMOTION_ATTR]
+    assert len(rungs) == 4 and sum("0.5" in r for r in rungs.values()) == 2
+    assert "0.5" in rungs[str(winner.number)] and winner.cost_ratio <= config.budget + 1e-9
+    best_of_second = max((r["0.5"], int(n)) for n, r in rungs.items() if "0.5" in r)
+    assert winner.number == best_of_second[1]
+    assert successive_halving(study, ctx, trials, 4, 0.25).number == winner.number
+    assert study.user_attrs[PROMOTION_ATTR] == rungs  # a rerun fine-tunes nothing again
