@@ -52,6 +52,7 @@ SEARCH_ARMS = {"search": (STRUCTURED, "tpe"), "search_all": (EVERY_METHOD, "tpe"
                "random_search": (STRUCTURED, "random")}
 BASELINES = ("uniform_l1", "tp_global", "uniform_magnitude")
 STRUCTURED_BASELINES = ("uniform_l1", "tp_global")
+ARMS = ("search", "search_own", "search_all", "random_search", *BASELINES)
 BENCH_TARGET_FLOOR = 0.9  # the benchmark asks for the most accurate model at each budget: aim trials near it
 
 
@@ -62,6 +63,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
                         help="comma-separated latency budgets: the structured search against the structured baselines "
                              "fitted to the same measured latency (default: none)")
     parser.add_argument("--final-epochs", type=float, default=1.0, help="fine-tuning of every final model, in epochs")
+    parser.add_argument("--arms", default=",".join(ARMS),
+                        help=f"comma-separated arms to report (default: all of {','.join(ARMS)})")
     parser.add_argument("--promote", type=int, default=4,
                         help="successive halving over each search arm's N best trials within budget before its final "
                              "fine-tune (1: the most accurate goes on as it is)")
@@ -70,6 +73,10 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
     parser.add_argument("--seeds", type=int, default=3,
                         help="seeds each arm's final fine-tune is repeated under (mean and spread reported)")
     args, rest = parser.parse_known_args(argv)
+    args.arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = sorted(set(args.arms) - set(ARMS))
+    if unknown or not args.arms:
+        raise ConfigError(f"--arms {','.join(unknown) or '(empty)'}: choose among {','.join(ARMS)}")
     args.budgets = _budgets("--budgets", args.budgets)
     args.latency_budgets = _budgets("--latency-budgets", args.latency_budgets) if args.latency_budgets else []
     if not args.budgets and not args.latency_budgets:
@@ -144,6 +151,9 @@ def run_bench(args: argparse.Namespace, base: RunConfig) -> dict[str, Any]:
         for arm, (methods, sampler) in SEARCH_ARMS.items():
             if cost == "latency" and arm != "search":
                 continue  # at a latency budget: the structured search against the structured baselines
+            wanted = arm in args.arms or (arm == "search_all" and "uniform_magnitude" in args.arms)
+            if arm != "search" and not wanted:
+                continue  # the search always runs: it is what the benchmark measures
             config = replace(base, cost=cost, budget=budget, methods=methods, sampler=sampler,
                              out=base.out / key / arm)
             started = time.perf_counter()
@@ -156,10 +166,11 @@ def run_bench(args: argparse.Namespace, base: RunConfig) -> dict[str, Any]:
                 picks["search_own"] = searched_candidate(study, ctx, own_trials(trials), args)
             seconds = time.perf_counter() - started  # the search, its sensitivity map and every promotion rung
             candidates.update({name: (pick, seconds, config) for name, pick in picks.items()})
-            if arm == ("search" if cost == "latency" else "search_all"):
-                for name in STRUCTURED_BASELINES if cost == "latency" else BASELINES:
-                    pick = next((t for t in trials if t.label == f"{BASELINE_LABEL}{name}" and t.policy), None)
+            for name in STRUCTURED_BASELINES if cost == "latency" else BASELINES:  # the same point in every study
+                pick = next((t for t in trials if t.label == f"{BASELINE_LABEL}{name}" and t.policy), None)
+                if pick is not None and name not in candidates:
                     candidates[name] = (pick, 0.0, config)
+        candidates = {arm: c for arm, c in candidates.items() if arm in args.arms}
         row = final_rows(candidates, workload, dense, budget, args)
         for arm, result in row.items():
             log.info("%s %g %-17s %s", cost, budget, arm, result)
@@ -266,6 +277,8 @@ def verdict(row: dict[str, dict | None]) -> str:
         return "Verdict: nothing to compare (no own search model or no baseline within budget)."
     name, best = max(baselines, key=lambda item: item[1]["test_accuracy_mean"])
     gap = own["test_accuracy_mean"] - best["test_accuracy_mean"]
+    if own["final_finetunes"] < 2:
+        return f"Verdict: search_own {100 * gap:+.2f} pt against {name}, one seed: no spread to judge it by."
     spread = own["test_accuracy_sd"] + best["test_accuracy_sd"]
     word = "win" if gap > spread else "loss" if gap < -spread else "tie (within the spread)"
     return f"Verdict: search_own {100 * gap:+.2f} pt against {name}, spread {100 * spread:.2f} pt: {word}."

@@ -32,7 +32,7 @@ def test_the_map_is_measured_once_and_reused_on_resume(digits: Workload, tmp_pat
         assert all(0 <= a <= 1 for a in stored["accuracy"][group])
     assert "sensitivity" in ctx.space.allocations()
 
-    def measured_again(*_args, **_kwargs) -> None:
+    def measured_again(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a resume measured the sensitivity map again")
     monkeypatch.setattr(sensitivity, "measure_sensitivity", measured_again)
     run_backend(study, ctx)
