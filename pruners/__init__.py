@@ -8,7 +8,15 @@ from .graph import output_layers
 from .groups import PrunableGroup, prunable_groups
 from .layer import removable_blocks
 from .masks import bake
-from .registry import Method, available_methods, criteria_for, default_methods, faster_methods, get_method
+from .registry import (
+    Method,
+    available_methods,
+    criteria_for,
+    default_methods,
+    faster_methods,
+    get_method,
+    needs_calibration,
+)
 
 __all__ = [
     "Method",
@@ -19,6 +27,7 @@ __all__ = [
     "default_methods",
     "faster_methods",
     "get_method",
+    "needs_calibration",
     "output_layers",
     "prunable_groups",
     "prune",

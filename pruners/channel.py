@@ -25,18 +25,20 @@ from .graph import build_graph, forward, traceable
 from .groups import ROOT_TYPES, PrunableGroup, groups_of, protected_layers
 from .layer import remove_blocks
 from .masks import bake
+from .reconstruct import reconstruct as reconstruct_layers
 from .registry import Sparsity, register
 from .sparsity import check_layer_keys
 
 log = logging.getLogger(__name__)
 
 
-@register("channel", criteria=CHANNEL_CRITERIA, options=("round_to", "global_pruning", "calibration", "blocks"),
-          knob="per_group", removes_work=True, search_criteria=SEARCH_CRITERIA, calibrated=CALIBRATED,
-          global_ranking=True)
+@register("channel", criteria=CHANNEL_CRITERIA,
+          options=("round_to", "global_pruning", "calibration", "blocks", "reconstruct"), knob="per_group",
+          removes_work=True, search_criteria=SEARCH_CRITERIA, calibrated=CALIBRATED, global_ranking=True)
 def channel(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, criterion: str,
             round_to: int | None = None, global_pruning: bool = False,
-            calibration: tuple[torch.Tensor, torch.Tensor] | None = None, blocks: int = 0) -> nn.Module:
+            calibration: tuple[torch.Tensor, torch.Tensor] | None = None, blocks: int = 0,
+            reconstruct: bool = False) -> nn.Module:
     """Remove the least important channels of every prunable group.
 
     A float prunes that fraction of each group (or, with global_pruning, of all channels ranked
@@ -45,11 +47,16 @@ def channel(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, 
     Unlisted groups are left whole. `round_to` keeps widths multiples of it; `calibration` is the
     (inputs, labels) batch that the `taylor` and `activation` criteria need. `blocks` first removes that many
     residual blocks (layer pruning, l1 ranking): depth and width pruned together, which at small batch sizes cuts
-    time that thinner layers cannot, since every layer pays a fixed launch cost. Parts of a model that
-    torch-pruning cannot trace are pruned piecewise or skipped (see fallback.py), with a warning.
+    time that thinner layers cannot, since every layer pays a fixed launch cost. `reconstruct` then refits every
+    layer that lost inputs to reproduce the dense outputs on the calibration batch's inputs (reconstruct.py). Parts
+    of a model that torch-pruning cannot trace are pruned piecewise or skipped (see fallback.py), with a warning.
     """
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise ValueError(f"round_to={round_to!r} is invalid; use a positive int or None")
+    if reconstruct and not (isinstance(calibration, (tuple, list)) and isinstance(calibration[0], torch.Tensor)):
+        raise ValueError("option reconstruct=True needs calibration=(inputs, labels): the inputs it refits layers on")
+    dense = copy.deepcopy(model) if reconstruct else None
+    inputs = calibration[0] if reconstruct else None
     calibration = check_calibration(criterion, calibration)
     check_layer_keys(model, sparsity)
     removed = remove_blocks(model, example_inputs, blocks)
@@ -62,6 +69,8 @@ def channel(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, 
     pruned = by_parts(model, example_inputs, plan.attempt)
     clean_signals(pruned)
     fix_attributes(pruned)
+    if dense is not None:
+        reconstruct_layers(pruned, dense, inputs)
     return pruned
 
 

@@ -91,6 +91,12 @@ def default_methods() -> list[str]:
     return [name for name in faster if _METHODS[name].subsumed_by not in faster]
 
 
+def needs_calibration(method: str, criterion: str, options: dict[str, Any]) -> bool:
+    """Whether a call needs option calibration=(inputs, labels): a data-driven criterion ranks with it, and
+    reconstruction refits layers on its inputs."""
+    return criterion in get_method(method).calibrated or bool(options.get("reconstruct"))
+
+
 def criteria_for(method: str) -> list[str]:
     """The importance criteria that `method` accepts."""
     return list(get_method(method).criteria)

@@ -21,20 +21,23 @@ def baseline_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
         "tp_global": {"method": "channel", "criterion": "l2", "round_to": 1, "ranking": "global", **common},
         "uniform_magnitude": {"method": "magnitude", **uniform, **common},
     }
-    for point in points.values():  # where the space may also remove blocks, a hand-picked baseline removes none
+    for point in points.values():  # a hand-picked baseline removes no blocks and refits nothing, where the space may
         if space.blocks and "blocks" in get_method(point["method"]).options:
             point["depth"] = 0.0
+        if "reconstruct" in get_method(point["method"]).options:
+            point["reconstruct"] = False
     return {name: p for name, p in points.items() if p["method"] in space.methods}
 
 
 def sensitivity_point(space: SearchSpace) -> dict[str, Any] | None:
     """The search's own first point where the run has a sensitivity map: channel pruning at the budget, each group in
-    proportion to its measured efficiency (power 1). Not a hand-picked baseline: it is labelled `search`."""
+    proportion to its measured efficiency (power 1), the layers refit by reconstruction. Not a hand-picked baseline:
+    it is labelled `search`."""
     if not space.sensitivity or "channel" not in space.methods:
         return None
     point = {"method": "channel", "criterion": "l2", "round_to": 1, "ranking": "per_group",
-             "allocation": "sensitivity", "sensitivity_power": 1.0, "lr_scale": 1.0, "distill": 0.0,
-             "target": space.budget}
+             "allocation": "sensitivity", "sensitivity_power": 1.0, "reconstruct": True, "lr_scale": 1.0,
+             "distill": 0.0, "target": space.budget}
     return {**point, "depth": 0.0} if space.blocks else point
 
 

@@ -53,7 +53,7 @@ def retrained(record: TrialRecord, workload: Workload, config: RunConfig) -> tup
     torch.manual_seed(point_seed(config.seed, record.policy))
     policy = Policy.from_json(record.policy)
     model = prune(workload.model, workload.example_inputs, **policy.prune_kwargs(),
-                  **calibration_options(workload, policy.method, policy.criterion))
+                  **calibration_options(workload, policy.method, policy.criterion, policy.options))
     recovery = recover(model, workload, epochs=config.final_epochs, lr=policy.finetune_lr, device=config.device,
                        distill=max(policy.distill, FINAL_DISTILL))
     return bake(model.cpu().eval()), recovery.accuracy

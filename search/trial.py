@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pruners import bake, get_method
+from pruners import bake, needs_calibration
 from search.config import RunConfig
 from search.fit import fit_to_target
 from search.measure import compare_latency, count_flops, count_params
@@ -60,9 +60,10 @@ def fitting_ratio(workload: Workload, dense: DenseReference, config: RunConfig,
     return lambda model: count_flops(model, workload.example_inputs) / dense.flops
 
 
-def calibration_options(workload: Workload, method: str, criterion: str) -> dict:
-    """The labelled batch that data-driven criteria (the method's `calibrated` ones) rank with."""
-    return {"calibration": next(iter(workload.calibration))} if criterion in get_method(method).calibrated else {}
+def calibration_options(workload: Workload, method: str, criterion: str, options: dict[str, Any]) -> dict:
+    """The labelled batch that data-driven criteria rank with and reconstruction refits layers on, where the call
+    needs one (pruners.needs_calibration)."""
+    return {"calibration": next(iter(workload.calibration))} if needs_calibration(method, criterion, options) else {}
 
 
 def point_seed(run_seed: int, point: dict[str, Any]) -> int:
@@ -88,7 +89,7 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     seed = point_seed(ctx.config.seed, params)
     torch.manual_seed(seed)
     workload, dense, config = ctx.workload, ctx.dense, ctx.config
-    extra = calibration_options(workload, params["method"], params.get("criterion", ""))
+    extra = calibration_options(workload, params["method"], params.get("criterion", ""), params)
     fitted = fit_to_target(workload.model, workload.example_inputs, ctx.space, params,
                            params.get("target", config.budget), fitting_ratio(workload, dense, config,
                                                                               ctx.latency_table), label, extra)

@@ -104,6 +104,8 @@ class SearchSpace:
             params["ranking"] = trial.suggest_categorical("ranking", list(RANKINGS))
         if traits.knob == "per_group" and "blocks" in traits.options and self.blocks:
             params["depth"] = trial.suggest_float("depth", 0.0, 1.0)
+        if "reconstruct" in traits.options:
+            params["reconstruct"] = trial.suggest_categorical("reconstruct", [False, True])
         if traits.knob == "per_group" and params.get("ranking", "per_group") == "per_group":
             params["allocation"] = trial.suggest_categorical("allocation", self.allocations())
             if params["allocation"] == "sensitivity":
@@ -152,6 +154,8 @@ class SearchSpace:
             options["round_to"] = params["round_to"]
         if self.removed_blocks(params) > 0:
             options["blocks"] = self.removed_blocks(params)
+        if params.get("reconstruct"):
+            options["reconstruct"] = True
         if traits.knob == "scalar" or params.get("ranking") == "global":
             if params.get("ranking") == "global":
                 options["global_pruning"] = True
@@ -224,6 +228,9 @@ class SearchSpace:
             "group_sensitivity": {name: round(e, 4) for name, e in (self.sensitivity or {}).items()},
             "criteria": {m: list(get_method(m).searched_criteria) for m in self.methods},
             "round_to": list(self.round_to), "ranking": list(RANKINGS),
+            "reconstruct": {"choices": [False, True],
+                            "meaning": "refit each layer that lost input channels to reproduce the dense outputs on "
+                                       "a calibration batch (least squares), before batch-norm recalibration"},
             "depth": {"low": 0.0, "high": 1.0, "removable_blocks": self.blocks,
                       "block_flops_share": round(self.block_share, 4),
                       "meaning": "share of the blocks that removal alone could take off before the cost falls under "

@@ -129,7 +129,7 @@ def mobilenet() -> Workload:
 
 
 def test_taylor_ranks_with_a_dataloader_batch_on_a_torchvision_model(mobilenet: Workload) -> None:
-    extra = calibration_options(mobilenet, "channel", "taylor")
+    extra = calibration_options(mobilenet, "channel", "taylor", {})
     assert isinstance(extra["calibration"], list)  # a DataLoader batch, as the user's loader yields it
     pruned = prune(mobilenet.model, mobilenet.example_inputs, method="channel", sparsity=0.3, criterion="taylor",
                    **extra)

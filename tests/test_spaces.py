@@ -7,7 +7,7 @@ import optuna
 import pytest
 import torch
 
-from pruners import prune
+from pruners import needs_calibration, prune
 from search.baselines import baseline_points
 from search.measure import count_flops, layer_flops
 from search.workloads.models import resnet20
@@ -59,7 +59,7 @@ def test_sampled_policies_round_trip_json_and_prune(resnet_space) -> None:
         policy = space.policy(params, 0.3)
         again = Policy.from_json(json.loads(json.dumps(policy.to_json())))
         assert again == policy
-        needs_data = again.criterion in ("taylor", "activation")
+        needs_data = needs_calibration(again.method, again.criterion, again.options)
         calibration = {"calibration": (x.repeat(4, 1, 1, 1), torch.arange(4))} if needs_data else {}
         assert prune(model, x, **again.prune_kwargs(), **calibration)(x).shape == (1, 10)
         study.tell(trial, [0.5, 0.0])
