@@ -57,6 +57,7 @@ class RunConfig:
     batch_size: int = 1
     threads: int | None = None
     allow_weak_dense: bool = False  # search a dense model that scores near chance (normally refused)
+    sensitivity: bool = True  # measure a new study's sensitivity map (search.sensitivity): 3 prunes per group
 
     def to_json(self) -> dict:
         """A JSON-friendly copy, stored with the study so a report shows what was run."""
@@ -179,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU threads for latency measurement (default: torch's)")
     parser.add_argument("--allow-weak-dense", action="store_true",
                         help="search a dense model whose validation accuracy is near chance (refused by default)")
+    parser.add_argument("--no-sensitivity", dest="sensitivity", action="store_false",
+                        help="skip the sensitivity map (each channel group pruned alone at 3 ratios and screened) "
+                             "and the allocation it offers the search")
     return parser
 
 
@@ -226,6 +230,7 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
         device=args.device, seed=args.seed,
         out=out, data_dir=args.data_dir, cache_dir=cache_dir,
         batch_size=args.batch_size, threads=args.threads, allow_weak_dense=args.allow_weak_dense,
+        sensitivity=args.sensitivity,
     )
 
 

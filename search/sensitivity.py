@@ -89,13 +89,13 @@ def measure_sensitivity(workload: Workload, space: SearchSpace, device: str = "c
     return found
 
 
-def with_sensitivity(study: optuna.Study, space: SearchSpace, workload: Workload, device: str = "cpu"
-                     ) -> SearchSpace:
-    """The space with the run's sensitivity map: the one stored on the study, else, for a study with no trials yet,
-    one measured now and stored. A study begun without one keeps its space as it was, so a resume samples the same
-    choices."""
+def with_sensitivity(study: optuna.Study, space: SearchSpace, workload: Workload, device: str = "cpu",
+                     measure: bool = True) -> SearchSpace:
+    """The space with the run's sensitivity map: the one stored on the study, else, for a study with no trials yet
+    (and `measure`), one measured now and stored. A study begun without one keeps its space as it was, so a resume
+    samples the same choices."""
     stored = study.user_attrs.get(SENSITIVITY_ATTR)
-    if stored is None and study.trials:
+    if stored is None and (study.trials or not measure):
         return space
     found = SensitivityMap.from_json(stored) if stored else measure_sensitivity(workload, space, device)
     if found is None:

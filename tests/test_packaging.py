@@ -7,7 +7,7 @@ import tomllib
 
 from tests.conftest import ROOT
 
-PACKAGES = ("search", "spaces", "pruners", "reports")
+PACKAGES = ("search", "spaces", "pruners", "reports", "dynamic")
 DISTRIBUTION = {"torch_pruning": "torch-pruning", "sklearn": "scikit-learn", "fvcore": "fvcore"}
 
 

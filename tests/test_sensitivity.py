@@ -67,3 +67,9 @@ def test_successive_halving_promotes_the_better_half_and_resumes(digits: Workloa
     assert winner.number == best_of_second[1]
     assert successive_halving(study, ctx, trials, 4, 0.25).number == winner.number
     assert study.user_attrs[PROMOTION_ATTR] == rungs  # a rerun fine-tunes nothing again
+
+
+def test_no_sensitivity_skips_the_map_and_its_allocation(digits: Workload, tmp_path: Path) -> None:
+    config = parse_config([*QUICK, "--trials", "1", "--no-sensitivity", "--out", str(tmp_path / "run")])
+    study, ctx = prepare(config, digits)
+    assert SENSITIVITY_ATTR not in study.user_attrs and "sensitivity" not in ctx.space.allocations()

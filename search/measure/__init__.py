@@ -3,7 +3,7 @@
 Which ops the FLOP count includes, and why, is documented once in ``search.measure.flops``.
 """
 
-from search.measure.flops import count_flops, flops_by_operator, layer_flops, weight_density
+from search.measure.flops import count_flops, flops_by_operator, layer_flops, leaf_flops, weight_density
 from search.measure.latency import compare_latency, latency
 from search.measure.size import count_params, model_size_bytes
 
@@ -14,6 +14,7 @@ __all__ = [
     "flops_by_operator",
     "latency",
     "layer_flops",
+    "leaf_flops",
     "model_size_bytes",
     "weight_density",
 ]

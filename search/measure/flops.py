@@ -75,6 +75,19 @@ def layer_flops(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, int
     return {name: sum(ops.values()) for name, ops in _fvcore_counts(model, example_inputs)[1].items()}
 
 
+def leaf_flops(model: nn.Module, example_inputs: torch.Tensor) -> dict[str, int]:
+    """``count_flops`` split by leaf module (modules without children), masks counted as above; operators that a
+    container's own forward calls outside any leaf (rare: elementwise ops are not counted) are left out."""
+    total, per_layer = _fvcore_counts(model, example_inputs, by_module=True)
+    modules = dict(model.named_modules())
+    leaves = {name: sum(total.get(name, Counter()).values()) for name, m in modules.items()
+              if not list(m.children()) and name}
+    for name, ops in per_layer.items():
+        if name in leaves:
+            leaves[name] -= round(sum(ops.values()) * (1.0 - weight_density(modules[name])))
+    return leaves
+
+
 def weight_density(module: nn.Module) -> float:
     """Fraction of nonzero entries in a module's effective weight (prune reparametrisation aware)."""
     mask = getattr(module, "weight_mask", None)
@@ -91,9 +104,10 @@ def _sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
 
 
 def _fvcore_counts(
-    model: nn.Module, example_inputs: torch.Tensor
-) -> tuple[Counter[str], dict[str, Counter[str]]]:
-    """fvcore's dense counts by operator, for the whole model and for each conv/linear module."""
+    model: nn.Module, example_inputs: torch.Tensor, by_module: bool = False
+) -> tuple[Any, dict[str, Counter[str]]]:
+    """fvcore's dense counts by operator, for the whole model (`by_module`: for every module, by name) and for each
+    conv/linear module."""
     with eval_mode_restored(model), _no_fastpath(), _quiet_fvcore(), torch.inference_mode(False), torch.no_grad():
         analysis = (
             FlopCountAnalysis(model, example_inputs.clone())
@@ -102,12 +116,12 @@ def _fvcore_counts(
             .uncalled_modules_warnings(False)
             .tracer_warnings("none")
         )
-        by_module = analysis.by_module_and_operator()
-    as_ints = {name: Counter({op: int(round(n)) for op, n in ops.items()}) for name, ops in by_module.items()}
+        counted = analysis.by_module_and_operator()
+    as_ints = {name: Counter({op: int(round(n)) for op, n in ops.items()}) for name, ops in counted.items()}
     per_layer = {
         name: as_ints.get(name, Counter()) for name, module in model.named_modules() if isinstance(module, _WEIGHTED)
     }
-    return as_ints[""], per_layer
+    return as_ints if by_module else as_ints[""], per_layer
 
 
 @contextmanager

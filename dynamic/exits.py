@@ -1,0 +1,158 @@
+"""Early exits (BranchyNet, MSDNet): small classifier heads after stages of a network; an input leaves at the first
+head confident enough, and the stages after it never run.
+
+The heads hang on forward hooks, so any network whose stages are modules works without graph surgery: at batch 1 a
+confident head stops the forward by raising, which is where the time is saved. For a batch (evaluation, training),
+`exit_logits` runs the whole network once and returns every head's logits, and the per-input decisions are made on
+them; the result is the same as feeding the inputs one at a time.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+NEVER = 2.0  # a threshold no softmax confidence reaches: the head never takes an input
+
+
+class _Exit(Exception):
+    """Raised from a hook when a head takes the input: carries its logits and the exit's index."""
+
+    def __init__(self, logits: torch.Tensor, index: int) -> None:
+        super().__init__(index)
+        self.logits = logits
+        self.index = index
+
+
+def exit_head(channels: int, num_classes: int) -> nn.Module:
+    """A head for a feature map of `channels`: pooled to 2x2 (some layout survives), then a two-layer classifier;
+    a few times channels^2 FLOPs, under a percent of a ResNet stage."""
+    width = 2 * channels
+    return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * channels, width), nn.ReLU(),
+                         nn.Linear(width, num_classes))
+
+
+class EarlyExitModel(nn.Module):
+    """`backbone` with heads after the modules named in `exits` (in forward order) and one confidence threshold per
+    head: an input exits at the first head whose largest softmax probability reaches its threshold, else it gets the
+    backbone's own output. Thresholds of NEVER give exactly the backbone."""
+
+    def __init__(self, backbone: nn.Module, exits: list[str], heads: list[nn.Module],
+                 thresholds: list[float] | None = None) -> None:
+        super().__init__()
+        if len(exits) != len(heads):
+            raise ValueError(f"{len(exits)} exits but {len(heads)} heads: give one head per exit")
+        modules = dict(backbone.named_modules())
+        missing = [name for name in exits if name not in modules]
+        if missing:
+            raise ValueError(f"exit point(s) {missing} are not modules of the backbone; name modules it calls")
+        self.backbone = backbone
+        self.exits = list(exits)
+        self.heads = nn.ModuleList(heads)
+        self.register_buffer("thresholds", torch.tensor(thresholds or [NEVER] * len(exits), dtype=torch.float32))
+        self.forced_exit: int | None = None  # take every input at this head (cost counting); None: by confidence
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits per input. One input: the forward stops at the first confident head. A batch: every head runs
+        and each input takes the logits of its own exit (as if fed alone)."""
+        if x.shape[0] != 1:
+            logits = self.exit_logits(x)
+            return taken_logits(logits, exit_index(logits, self.thresholds))
+        return self._one(x)[0]
+
+    def head_logits(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """Head `index`'s logits on a batch; the backbone runs only up to that exit (for training the head)."""
+        self.forced_exit = index
+        try:
+            return self._one(x)[0]
+        finally:
+            self.forced_exit = None
+
+    def forward_with_exit(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """One input's logits and the index of the exit that took it (len(exits): the backbone's own output)."""
+        if x.shape[0] != 1:
+            raise ValueError(f"forward_with_exit takes one input, got a batch of {x.shape[0]}")
+        return self._one(x)
+
+    def _one(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
+        modules = dict(self.backbone.named_modules())
+        hooks = [modules[name].register_forward_hook(self._stopper(index)) for index, name in enumerate(self.exits)]
+        try:
+            return self.backbone(x), len(self.exits)
+        except _Exit as taken:
+            return taken.logits, taken.index
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+    def _stopper(self, index: int):  # noqa: ANN202 - a forward hook
+        def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
+            if self.forced_exit != index and (self.forced_exit is not None or self.thresholds[index] > 1):
+                return  # this head cannot take the input: do not run it
+            logits = self.heads[index](output)
+            if self.forced_exit == index or float(logits.detach().softmax(1).max()) >= float(self.thresholds[index]):
+                raise _Exit(logits, index)
+        return hook
+
+    def exit_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every head's logits on the batch, then the backbone's: one full forward."""
+        features: dict[int, torch.Tensor] = {}
+        modules = dict(self.backbone.named_modules())
+        hooks = [modules[name].register_forward_hook(lambda _m, _a, out, i=index: features.__setitem__(i, out))
+                 for index, name in enumerate(self.exits)]
+        try:
+            final = self.backbone(x)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return [head(features[index]) for index, head in enumerate(self.heads)] + [final]
+
+
+def exit_index(logits: list[torch.Tensor], thresholds: torch.Tensor) -> torch.Tensor:
+    """Per input, the first head whose confidence reaches its threshold (len(thresholds): none did)."""
+    taken = torch.full((logits[0].shape[0],), len(thresholds), dtype=torch.long)
+    for index in reversed(range(len(thresholds))):
+        confident = logits[index].softmax(1).amax(1) >= thresholds[index]
+        taken = torch.where(confident, torch.full_like(taken, index), taken)
+    return taken
+
+
+def taken_logits(logits: list[torch.Tensor], taken: torch.Tensor) -> torch.Tensor:
+    """Each input's logits at the exit that took it."""
+    stacked = torch.stack(logits)  # exits x batch x classes
+    return stacked[taken, torch.arange(stacked.shape[1])]
+
+
+def exit_points(model: nn.Module, example_inputs: torch.Tensor, count: int = 2) -> list[str]:
+    """Up to `count` exit points: the outputs of the network's top-level stages (its direct children that are
+    containers, else its activations), spread evenly over those that produce a feature map and leave weighted layers
+    after them beyond the classifier."""
+    children = list(model.named_children())
+    if len(children) == 1 and isinstance(children[0][1], nn.Sequential):
+        prefix, model = children[0][0] + ".", children[0][1]
+        children = [(prefix + n, m) for n, m in model.named_children()]
+    else:
+        prefix = ""
+    shapes = _output_shapes(model, example_inputs, [m for _, m in children])
+    weighted = [i for i, (_, m) in enumerate(children) if any(p.dim() > 1 for p in m.parameters())]
+    containers = [i for i, (_, m) in enumerate(children) if len(list(m.children())) > 0]
+    activations = [i for i, (_, m) in enumerate(children) if not list(m.parameters()) and isinstance(
+        m, (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish))]
+    candidates = containers or activations
+    usable = [i for i in candidates if len(shapes.get(i, ())) == 4 and len([w for w in weighted if w > i]) >= 2]
+    if len(usable) > count:
+        step = len(usable) / count
+        usable = [usable[int(step * k + step / 2)] for k in range(count)]
+    return [children[i][0] for i in usable]
+
+
+def _output_shapes(model: nn.Module, example_inputs: torch.Tensor, modules: list[nn.Module]) -> dict[int, tuple]:
+    shapes: dict[int, tuple] = {}
+    hooks = [m.register_forward_hook(lambda _m, _a, out, i=i: shapes.__setitem__(i, tuple(out.shape)))
+             for i, m in enumerate(modules)]
+    try:
+        with torch.no_grad():
+            model.eval()(example_inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return shapes

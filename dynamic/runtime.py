@@ -1,0 +1,126 @@
+"""The runtime a user deploys with a dynamic pick: it serves a stream one input at a time and adapts how eagerly the
+early exits take inputs, so that the loss over the stream stays within epsilon at the least cost (the seed's
+min sum_t C(G_t) s.t. sum_t L(G_t) <= epsilon).
+
+The loss it watches is disagreement with the dense model, checked on a sampled fraction of inputs (each check runs
+the dense model, and that cost is counted); disagreement bounds the accuracy lost against dense from above. Labels
+that arrive later (`observe_label`) are logged against the answers given. Control is a stochastic-approximation
+step on one scale that moves every head's threshold together:
+    threshold_k = 1 - (1 - base_k) * scale,   scale <- scale * exp(gain * (target - disagreed))
+which settles where the checked disagreement rate equals `target` (a margin under epsilon).
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from dynamic.exits import NEVER, EarlyExitModel
+
+MIN_SCALE = 0.05  # under this scale no head takes an input: on inputs where the heads are confidently wrong (heavy
+# noise), any threshold below 1 lets some through, so the controller switches the exits off
+
+@dataclass
+class Window:
+    """What the runtime saw over one window of inputs."""
+
+    start: int
+    inputs: int = 0
+    cost: float = 0.0  # summed per-input cost (the exit's path, plus the dense model where checked)
+    checks: int = 0
+    disagreements: int = 0
+    labelled: int = 0
+    errors: int = 0  # answers given that missed a label that arrived
+    exits: list[int] = field(default_factory=list)  # inputs taken per exit (the last: the backbone's output)
+    scale: float = 0.0  # the scale at the window's end
+
+    @property
+    def mean_cost(self) -> float:
+        return self.cost / max(self.inputs, 1)
+
+    @property
+    def disagreement(self) -> float | None:
+        return self.disagreements / self.checks if self.checks else None
+
+
+class DynamicRuntime:
+    """Serve `model` (an EarlyExitModel) one input at a time within `epsilon` of `dense`, adapting its thresholds.
+
+    `exit_costs`: the cost of leaving at each exit (the last: the whole backbone), e.g. FLOPs, and `dense_cost`
+    that of one check; `base_thresholds` the thresholds at scale 1 (the search's pick; default the model's own).
+    """
+
+    def __init__(self, model: EarlyExitModel, dense: nn.Module, epsilon: float, *, exit_costs: list[float],
+                 dense_cost: float, base_thresholds: list[float] | None = None, sample_rate: float = 0.1,
+                 margin: float = 0.5, gain: float = 2.0, scale: float = 0.5, max_scale: float = 4.0,
+                 window: int = 1000, seed: int = 0) -> None:
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate {sample_rate} must be in (0, 1]: the runtime learns only from checks")
+        if len(exit_costs) != len(model.exits) + 1:
+            raise ValueError(f"exit_costs has {len(exit_costs)} entries; give one per exit plus the backbone's")
+        self.model, self.dense = model.eval(), dense.eval()
+        self.epsilon, self.target = epsilon, epsilon * margin
+        self.exit_costs, self.dense_cost = list(exit_costs), dense_cost
+        base = base_thresholds if base_thresholds is not None else model.thresholds.tolist()
+        self.base = [min(b, 1.0) for b in base]
+        self.sample_rate, self.gain, self.max_scale, self.window = sample_rate, gain, max_scale, window
+        self.scale = scale
+        self.random = random.Random(seed)
+        self.seen = 0
+        self.windows: list[Window] = []
+        self._answers: dict[int, int] = {}  # input number -> class answered, until its label arrives
+        self._apply()
+
+    def _apply(self) -> None:
+        off = self.scale < MIN_SCALE  # the heads stay out until checks pull the scale back up
+        thresholds = [NEVER if off else max(0.0, 1.0 - (1.0 - b) * self.scale) for b in self.base]
+        self.model.thresholds.copy_(torch.tensor(thresholds))
+
+    def _current(self) -> Window:
+        if not self.windows or self.windows[-1].inputs >= self.window:
+            self.windows.append(Window(start=self.seen, exits=[0] * (len(self.exit_costs))))
+        return self.windows[-1]
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits for one input (a batch of one); a checked input gets the dense model's answer."""
+        logits, taken = self.model.forward_with_exit(x)
+        window = self._current()
+        window.inputs += 1
+        window.exits[taken] += 1
+        window.cost += self.exit_costs[taken]
+        if self.random.random() < self.sample_rate:
+            reference = self.dense(x)
+            window.cost += self.dense_cost
+            window.checks += 1
+            disagreed = int(reference.argmax(1).item() != logits.argmax(1).item())
+            window.disagreements += disagreed
+            self.scale = min(self.max_scale, self.scale * math.exp(self.gain * (self.target - disagreed)))
+            self._apply()
+            logits = reference
+        window.scale = self.scale
+        self._answers[self.seen] = int(logits.argmax(1).item())
+        self.seen += 1
+        return logits
+
+    def observe_label(self, number: int, label: int) -> None:
+        """The label of input `number` (counted from 0) arrived: log whether the answer given was wrong."""
+        answer = self._answers.pop(number, None)
+        if answer is None:
+            return
+        window = next((w for w in reversed(self.windows) if w.start <= number), self.windows[0])
+        window.labelled += 1
+        window.errors += int(answer != label)
+
+    def log(self) -> list[dict]:
+        """Per window: inputs, mean cost, checks, disagreement, errors against labels, exits taken, scale."""
+        return [{**asdict(w), "mean_cost": w.mean_cost, "disagreement": w.disagreement} for w in self.windows]
+
+    def settings(self) -> dict:
+        """What the runtime needs to be rebuilt on a loaded model (saved with the pick)."""
+        return {"epsilon": self.epsilon, "exit_costs": self.exit_costs, "dense_cost": self.dense_cost,
+                "base_thresholds": self.base, "sample_rate": self.sample_rate, "margin": self.target / self.epsilon,
+                "gain": self.gain, "scale": self.scale, "max_scale": self.max_scale, "window": self.window}

@@ -1,0 +1,100 @@
+"""Early exits and the runtime controller on digits-cnn: exact when no head takes an input, cheaper as thresholds
+relax, and a stream that turns noisy stays within its loss budget."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dynamic import NEVER, EarlyExitModel
+from dynamic.runtime import DynamicRuntime
+from search.dynamic import attach_exits, evaluate_dynamic, exit_costs, exit_feature_shapes, train_heads
+from search.measure import count_flops
+from search.workloads import Workload
+
+
+@pytest.fixture(scope="module")
+def exits(digits: Workload) -> EarlyExitModel:
+    torch.manual_seed(0)
+    model = attach_exits(digits.model, digits.example_inputs)
+    return train_heads(model, digits.train, epochs=10, lr=0.05, teacher=digits.model)
+
+
+def test_heads_that_never_take_an_input_give_the_static_model(exits: EarlyExitModel, digits: Workload) -> None:
+    inputs, _ = next(iter(digits.val))
+    exits.thresholds.fill_(NEVER)
+    with torch.no_grad():
+        static = digits.model(inputs)
+        assert torch.equal(exits(inputs), static)
+        logits, taken = exits.forward_with_exit(inputs[:1])
+    assert torch.allclose(logits, static[:1], atol=1e-5) and taken == len(exits.exits)
+
+
+def test_one_input_at_a_time_exits_where_the_batch_decision_says(exits: EarlyExitModel, digits: Workload) -> None:
+    inputs, _ = next(iter(digits.val))
+    exits.thresholds.fill_(0.9)
+    with torch.no_grad():
+        batch = exits(inputs[:40])
+        alone = torch.cat([exits.forward_with_exit(inputs[i:i + 1])[0] for i in range(40)])
+    assert torch.allclose(batch, alone, atol=1e-5)
+
+
+def test_costs_rise_along_the_exits_and_fall_as_thresholds_relax(exits: EarlyExitModel, digits: Workload) -> None:
+    costs = exit_costs(exits, digits.example_inputs)
+    assert costs == sorted(costs) and costs[0] < costs[-1]
+    heads = sum(count_flops(h, torch.zeros(shape))
+                for h, shape in zip(exits.heads, exit_feature_shapes(exits, digits.example_inputs)))
+    assert costs[-1] == count_flops(digits.model, digits.example_inputs) + heads
+    means = [evaluate_dynamic(exits, digits.val, costs, torch.full((len(exits.exits),), t)).mean_cost
+             for t in (NEVER, 0.99, 0.95, 0.9, 0.8, 0.6)]
+    assert means == sorted(means, reverse=True) and means[0] == costs[-1] and means[-1] < 0.5 * costs[-1]
+
+
+def noisy_stream(digits: Workload, length: int, clean: int) -> list[tuple[torch.Tensor, int]]:
+    """Test images cycled: `clean` of them as they are, then Gaussian noise growing to a standard deviation of 0.5."""
+    inputs, labels = next(iter(digits.test))
+    generator = torch.Generator().manual_seed(0)
+    stream = []
+    for t in range(length):
+        x = inputs[t % len(inputs)].unsqueeze(0)
+        strength = 0.0 if t < clean else 0.5 * (t - clean) / (length - clean)
+        stream.append((x + strength * torch.randn(x.shape, generator=generator), int(labels[t % len(labels)])))
+    return stream
+
+
+def test_the_runtime_holds_the_loss_budget_on_a_stream_that_turns_noisy(exits: EarlyExitModel,
+                                                                        digits: Workload) -> None:
+    """The loss is disagreement with the dense model (it bounds the accuracy lost against it): over every window of
+    1,000 inputs after a warm-up of 200 it stays within epsilon, and the clean part costs less than the static model
+    even with the dense checks paid. Heads at fixed thresholds of 0.8 disagree on 20% of the noisiest window."""
+    epsilon, warmup, window = 0.03, 200, 1000
+    costs = exit_costs(exits, digits.example_inputs)
+    dense_cost = count_flops(digits.model, digits.example_inputs)
+    runtime = DynamicRuntime(exits, digits.model, epsilon, exit_costs=costs, dense_cost=dense_cost,
+                             base_thresholds=[0.9, 0.9], window=window)
+    stream = noisy_stream(digits, 4000, clean=2000)
+    disagreed = []
+    with torch.no_grad():
+        for number, (x, label) in enumerate(stream):
+            disagreed.append(int(runtime(x).argmax(1)) != int(digits.model(x).argmax(1)))
+            runtime.observe_label(number, label)
+    for start in range(warmup, len(stream) - window + 1, 100):
+        assert sum(disagreed[start:start + window]) / window <= epsilon, start
+    log = runtime.log()
+    assert sum(w["cost"] for w in log[:2]) / 2000 < costs[-1]
+    assert sum(w["labelled"] for w in log) == len(stream) and sum(w["checks"] for w in log) > 200
+def test_the_runtime_saves_and_loads_with_its_model(exits: EarlyExitModel, digits: Workload, tmp_path) -> None:
+    costs = exit_costs(exits, digits.example_inputs)
+    runtime = DynamicRuntime(exits, digits.model, 0.02, exit_costs=costs, dense_cost=costs[-1])
+    for x, _ in noisy_stream(digits, 300, clean=300):
+        runtime(x)
+    path = tmp_path / "runtime.pt"
+    torch.save({"state_dict": exits.state_dict(), "runtime": runtime.settings()}, path)
+    saved = torch.load(path, weights_only=True)
+    fresh = attach_exits(digits.model, digits.example_inputs)
+    fresh.load_state_dict(saved["state_dict"])
+    again = DynamicRuntime(fresh, digits.model, **saved["runtime"])
+    assert again.settings() == runtime.settings()
+    assert torch.equal(fresh.thresholds, exits.thresholds)
+    x = digits.example_inputs
+    with torch.no_grad():
+        assert torch.equal(fresh(x), exits(x))
