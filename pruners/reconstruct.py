@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .graph import evaluating, forward
+from .graph import observe
 
 RIDGE = 1e-4  # Tikhonov weight, relative to the mean diagonal of the normal matrix: keeps the solve well posed
 MAX_ROWS = 16384  # sampled output positions per layer: the normal matrix needs far fewer than a batch holds
@@ -31,14 +31,7 @@ def reconstruct(pruned: nn.Module, dense: nn.Module, inputs: torch.Tensor) -> nn
         return pruned
     wanted = {dense_layers[name]: name for name, _ in targets}
     outputs: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_hook(lambda mod, _a, out: outputs.__setitem__(wanted[mod], out.detach()))
-             for m in wanted]
-    try:
-        with evaluating(dense):
-            forward(dense, inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    observe(dense, inputs, {m: lambda mod, _a, out: outputs.__setitem__(wanted[mod], out.detach()) for m in wanted})
     generator = torch.Generator().manual_seed(0)
     for name, layer in targets:
         kept = _kept_outputs(layer.weight, dense_layers[name].weight)
@@ -61,13 +54,7 @@ def _call_order(model: nn.Module, inputs: torch.Tensor) -> list[tuple[str, nn.Mo
     """Named modules in the order the forward calls them (a few inputs suffice)."""
     names = {m: n for n, m in model.named_modules()}
     order: list[tuple[str, nn.Module]] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, _a: order.append((names[mod], mod))) for m in names]
-    try:
-        with evaluating(model):
-            forward(model, inputs[:2])
-    finally:
-        for hook in hooks:
-            hook.remove()
+    observe(model, inputs[:2], {m: lambda mod, _a, _k: order.append((names[mod], mod)) for m in names}, pre=True)
     return order
 
 
@@ -75,18 +62,14 @@ def _layer_input(model: nn.Module, layer: nn.Module, inputs: torch.Tensor) -> to
     """What `layer` receives when `model` runs on `inputs` (the forward stops there)."""
     seen: list[torch.Tensor] = []
 
-    def capture(_module: nn.Module, args: tuple) -> None:
+    def capture(_module: nn.Module, args: tuple, _kwargs: dict) -> None:
         seen.append(args[0].detach())
         raise _Reached
 
-    hook = layer.register_forward_pre_hook(capture)
     try:
-        with evaluating(model):
-            forward(model, inputs)
+        observe(model, inputs, {layer: capture}, pre=True)
     except _Reached:
         pass
-    finally:
-        hook.remove()
     return seen[0]
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from dynamic import EarlyExitModel, exit_head, exit_points
 from dynamic.exits import exit_index, taken_logits
+from pruners.graph import observe
 from search.measure import count_flops, leaf_flops
 from search.training import Batches, train
 
@@ -99,14 +100,9 @@ def exit_feature_shapes(exits: EarlyExitModel, example_inputs: torch.Tensor) -> 
     """The shape of the feature map each exit's head reads."""
     seen: dict[int, torch.Size] = {}
     modules = dict(exits.backbone.named_modules())
-    hooks = [modules[name].register_forward_hook(lambda _m, _a, out, i=i: seen.__setitem__(i, out.shape))
-             for i, name in enumerate(exits.exits)]
-    try:
-        with torch.no_grad():
-            exits.backbone.eval()(example_inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    hooks = {modules[name]: lambda _m, _a, out, i=i: seen.__setitem__(i, out.shape)
+             for i, name in enumerate(exits.exits)}
+    observe(exits.backbone, example_inputs, hooks)
     return [seen[i] for i in range(len(exits.exits))]
 
 
