@@ -59,13 +59,14 @@ def test_successive_halving_promotes_the_better_half_and_resumes(digits: Workloa
     study, ctx = prepare(config, digits)
     run_backend(study, ctx)
     trials = load_records(storage_url(ctx.run_dir), final=False).trials
-    winner = successive_halving(study, ctx, trials, 4, 0.25)
+    winner = successive_halving(study, ctx, trials, 4, 0.25, last_epochs=0.75)
     rungs = study.user_attrs[PROMOTION_ATTR]
-    assert len(rungs) == 4 and sum("0.5" in r for r in rungs.values()) == 2
-    assert "0.5" in rungs[str(winner.number)] and winner.cost_ratio <= config.budget + 1e-9
-    best_of_second = max((r["0.5"], int(n)) for n, r in rungs.items() if "0.5" in r)
-    assert winner.number == best_of_second[1]
-    assert successive_halving(study, ctx, trials, 4, 0.25).number == winner.number
+    assert len(rungs) == 4 and all(list(r)[0] == "0.25" for r in rungs.values())
+    finalists = {int(n): r["0.75"] for n, r in rungs.items() if "0.75" in r}  # the last rung at the final length
+    assert len(finalists) == 2 and not any("0.5" in r for r in rungs.values())
+    assert finalists[winner.number] == max(finalists.values())
+    assert winner.cost_ratio <= config.budget + 1e-9
+    assert successive_halving(study, ctx, trials, 4, 0.25, last_epochs=0.75).number == winner.number
     assert study.user_attrs[PROMOTION_ATTR] == rungs  # a rerun fine-tunes nothing again
 
 
