@@ -24,11 +24,12 @@ class _Exit(Exception):
 
 
 def exit_head(channels: int, num_classes: int) -> nn.Module:
-    """A head for a feature map of `channels`: pooled to 2x2 (some layout survives), then a two-layer classifier;
-    a few times channels^2 FLOPs, under a percent of a ResNet stage."""
-    width = 2 * channels
-    return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * channels, width), nn.ReLU(),
-                         nn.Linear(width, num_classes))
+    """A head for a feature map of `channels`: one strided 3x3 convolution (batch-normed), pooled to 2x2 (some layout
+    survives), then a linear classifier. On Fashion-MNIST a pooled-and-MLP head after ResNet-20's first stage stayed
+    unconfident (thresholds fitted to half the FLOPs fell to 0.42, accuracy to 70%); the convolution costs under 2% of
+    the network there."""
+    return nn.Sequential(nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(channels),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * channels, num_classes))
 
 
 class EarlyExitModel(nn.Module):
@@ -47,6 +48,7 @@ class EarlyExitModel(nn.Module):
             raise ValueError(f"exit point(s) {missing} are not modules of the backbone; name modules it calls")
         self.backbone = backbone
         self.exits = list(exits)
+        self._points = tuple(modules[name] for name in exits)  # looked up once: every batch-1 call hooks them
         self.heads = nn.ModuleList(heads)
         self.register_buffer("thresholds", torch.tensor(thresholds or [NEVER] * len(exits), dtype=torch.float32))
         self.forced_exit: int | None = None  # take every input at this head (cost counting); None: by confidence
@@ -74,8 +76,7 @@ class EarlyExitModel(nn.Module):
         return self._one(x)
 
     def _one(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        modules = dict(self.backbone.named_modules())
-        hooks = [modules[name].register_forward_hook(self._stopper(index)) for index, name in enumerate(self.exits)]
+        hooks = [point.register_forward_hook(self._stopper(index)) for index, point in enumerate(self._points)]
         try:
             return self.backbone(x), len(self.exits)
         except _Exit as taken:
@@ -96,9 +97,8 @@ class EarlyExitModel(nn.Module):
     def exit_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Every head's logits on the batch, then the backbone's: one full forward."""
         features: dict[int, torch.Tensor] = {}
-        modules = dict(self.backbone.named_modules())
-        hooks = [modules[name].register_forward_hook(lambda _m, _a, out, i=index: features.__setitem__(i, out))
-                 for index, name in enumerate(self.exits)]
+        hooks = [point.register_forward_hook(lambda _m, _a, out, i=index: features.__setitem__(i, out))
+                 for index, point in enumerate(self._points)]
         try:
             final = self.backbone(x)
         finally:

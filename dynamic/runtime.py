@@ -11,9 +11,11 @@ which settles where the checked disagreement rate equals `target` (a margin unde
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -124,3 +126,12 @@ class DynamicRuntime:
         return {"epsilon": self.epsilon, "exit_costs": self.exit_costs, "dense_cost": self.dense_cost,
                 "base_thresholds": self.base, "sample_rate": self.sample_rate, "margin": self.target / self.epsilon,
                 "gain": self.gain, "scale": self.scale, "max_scale": self.max_scale, "window": self.window}
+
+    def save(self, path: Path) -> None:
+        """Write settings() as JSON (a search writes best/runtime.json beside a dynamic pick)."""
+        Path(path).write_text(json.dumps(self.settings(), indent=2))
+
+    @classmethod
+    def load(cls, path: Path, model: EarlyExitModel, dense: nn.Module, **overrides: object) -> "DynamicRuntime":
+        """The runtime saved at `path` (JSON, never a pickle) on `model` and `dense`; `overrides` replace settings."""
+        return cls(model, dense, **{**json.loads(Path(path).read_text()), **overrides})

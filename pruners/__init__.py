@@ -2,7 +2,7 @@
 
 Each method family is its own module and registers itself by name on import.
 """
-from . import channel, global_magnitude, layer, magnitude, nm  # noqa: F401 - register the methods
+from . import channel, dynamic, global_magnitude, layer, magnitude, nm  # noqa: F401 - register the methods
 from .api import prune
 from .graph import output_layers
 from .groups import PrunableGroup, prunable_groups

@@ -30,10 +30,11 @@ from .registry import Sparsity, register
 from .sparsity import check_layer_keys
 
 log = logging.getLogger(__name__)
+CHANNEL_OPTIONS = ("round_to", "global_pruning", "calibration", "blocks", "reconstruct")
 
 
 @register("channel", criteria=CHANNEL_CRITERIA,
-          options=("round_to", "global_pruning", "calibration", "blocks", "reconstruct"), knob="per_group",
+          options=CHANNEL_OPTIONS, knob="per_group",
           removes_work=True, search_criteria=SEARCH_CRITERIA, calibrated=CALIBRATED, global_ranking=True)
 def channel(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, criterion: str,
             round_to: int | None = None, global_pruning: bool = False,

@@ -31,6 +31,8 @@ class Method:
     - `sparse_runtime`: for masked methods, what kernels would make them faster, in words (shown in reports).
     - `global_ranking`: the search may also rank all groups together (Torch-Pruning's global ranking).
     - `subsumed_by`: another method whose space holds every model this one makes (the default search leaves it out).
+    - `dynamic`: the search gives the pruned model early exits (search.dynamic), so its cost is an expectation over
+      inputs; opt-in (--methods dynamic), neither a default nor a "faster" method, whose speed-up holds for any input.
     """
 
     fn: MethodFn
@@ -43,6 +45,7 @@ class Method:
     calibrated: tuple[str, ...] = ()
     global_ranking: bool = False
     subsumed_by: str | None = None
+    dynamic: bool = False
 
     @property
     def searched_criteria(self) -> tuple[str, ...]:
@@ -81,8 +84,8 @@ def get_method(name: str) -> Method:
 
 
 def faster_methods() -> list[str]:
-    """Methods whose pruned models run faster with dense kernels on any device."""
-    return [name for name in available_methods() if _METHODS[name].removes_work]
+    """Methods whose pruned models run faster with dense kernels on any device, for any input."""
+    return [name for name in available_methods() if _METHODS[name].removes_work and not _METHODS[name].dynamic]
 
 
 def default_methods() -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from reports.summary import build_summary, to_json
 from reports.trials_csv import trials_csv
 
 SQLITE_PREFIX = "sqlite:///"
+REPLAY_FILE = "replay/replay.json"  # written by python -m search.replay
 OUTPUTS = ("report.html", "report.md", "trials.csv", "pareto.json", "best/model.pt", "best/policy.json")
 
 
@@ -27,6 +29,15 @@ def _storage_for(run_dir: Path, storage: str | None) -> str:
     return url
 
 
+def read_replay(run_dir: Path) -> dict[str, Any] | None:
+    """The last `python -m search.replay` of this run (replay/replay.json, plain JSON), if any and readable."""
+    path = run_dir / REPLAY_FILE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+
+
 def write_report(run_dir: Path, storage: str | None = None, study_name: str = "search") -> dict[str, Any]:
     """Write report.html, report.md, trials.csv, pareto.json and best/ into run_dir; return pareto.json's dict."""
     run_dir = Path(run_dir)
@@ -36,9 +47,9 @@ def write_report(run_dir: Path, storage: str | None = None, study_name: str = "s
     info, trials = records.info, records.trials
     front = pareto_front(trials)
     best = select_best(trials, info.budget, info.epsilon)
-    best_files = write_best(run_dir, best)
+    best_files = write_best(run_dir, best, info.epsilon)
     summary = build_summary(info, trials, front, best)
-    sections = build_sections(ReportInputs(info, trials, front, best, best_files))
+    sections = build_sections(ReportInputs(info, trials, front, best, best_files, read_replay(run_dir)))
     title = report_title(info)
     write_text(run_dir / "trials.csv", trials_csv(trials))
     write_text(run_dir / "report.md", render_markdown(title, sections))

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from reports import formatting as fmt
 from reports.best import BestFiles
-from reports.plots import cost_accuracy_figure, flops_latency_figure
+from reports.plots import cost_accuracy_figure, exit_cost_figure, flops_latency_figure, replay_figure
 from reports.records import RunInfo, TrialRecord
 from reports.selection import closest_to_epsilon, within_budget
 
@@ -55,6 +55,7 @@ class ReportInputs:
     front: list[TrialRecord]
     best: TrialRecord | None
     best_files: BestFiles
+    replay: dict[str, Any] | None = None  # python -m search.replay's result for this run, if it was run
 
 
 def _reasons(texts: list[str]) -> str:
@@ -291,6 +292,34 @@ def _sensitivity_section(info: RunInfo) -> Section | None:
         Table(["group", *(f"at {r:g}" for r in ratios), "FLOPs saved (mean)", "efficiency"], rows))
 
 
+def _dynamic_section(inputs: ReportInputs) -> Section | None:
+    """A dynamic pick: where its inputs leave and what each path costs, and the runtime on a replayed stream."""
+    best = inputs.best
+    if best is None or not best.exit_counts or not best.exit_flops:
+        return None
+    dense_flops = (best.flops or 0) / (best.flops_ratio or 1.0)
+    total = max(sum(best.exit_counts), 1)
+    rows = [[f"exit {k + 1}" if k < len(best.exit_counts) - 1 else "no exit (whole backbone)",
+             fmt.ratio(f / dense_flops), f"{100 * c / total:.1f}%"]
+            for k, (f, c) in enumerate(zip(best.exit_flops, best.exit_counts))]
+    paragraphs = [f"The pick adapts to each input: it leaves at the first exit whose head is confident enough. Its "
+                  f"FLOPs ratio {fmt.ratio(best.flops_ratio)} is the mean over the validation split; its latency ratio "
+                  f"{fmt.ratio(best.latency_ratio)} the mean of batch-1 timings over a stream of validation inputs, "
+                  "interleaved with dense. best/runtime.json holds the settings of the runtime that adapts its "
+                  "thresholds online (dynamic.runtime.DynamicRuntime.load); `python -m search.replay RUN_DIR` "
+                  "replays a stream through it."]
+    figures = [exit_cost_figure(best)]
+    replay = inputs.replay
+    if replay:
+        stream = replay["stream"]
+        paragraphs.append(f"Replayed: {stream['length']} test inputs, the first {stream['clean']} clean, then noise "
+                          f"growing to {stream['noise']:g}: mean cost {replay['mean_cost']:.3f} of dense (static "
+                          f"backbone {replay['static_cost']:.3f}), worst window loss {replay['worst_loss']:.4f} "
+                          f"against epsilon {replay['settings']['epsilon']:.4f}.")
+        figures.append(replay_figure(replay["windows"], replay["settings"]["epsilon"], replay["static_cost"]))
+    return Section("Dynamic pick", paragraphs, Table(["path", "FLOPs ratio", "inputs"], rows), figures=figures)
+
+
 def _load_section(inputs: ReportInputs) -> Section:
     if inputs.best_files != BestFiles.WRITTEN:
         return Section("Loading a model", [
@@ -316,7 +345,7 @@ def build_sections(inputs: ReportInputs) -> list[Section]:
         _plots_section(inputs),
         Section("Configuration", code=json.dumps(inputs.info.config, indent=2), code_language="json"),
         Section("Searched space", code=json.dumps(inputs.info.space, indent=2), code_language="json"),
-        *filter(None, [_sensitivity_section(inputs.info)]),
+        *filter(None, [_dynamic_section(inputs), _sensitivity_section(inputs.info)]),
         _load_section(inputs),
     ]
 

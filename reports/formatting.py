@@ -61,6 +61,11 @@ def is_masked(method: str | None) -> bool:
     return method in available_methods() and get_method(method).masked
 
 
+def is_dynamic(method: str | None) -> bool:
+    """The method gives the model early exits: its costs are means over inputs."""
+    return method in available_methods() and get_method(method).dynamic
+
+
 def flops_name(method: str | None) -> str:
     """"nonzero FLOPs" for a masked model, "FLOPs" otherwise."""
     return "nonzero FLOPs" if is_masked(method) else "FLOPs"
@@ -71,6 +76,8 @@ def latency_flag(record: TrialRecord) -> str | None:
     if record.latency_ratio is None or record.latency_ratio < NOT_FASTER_RATIO:
         return None
     flag = f"not measurably faster than dense (latency ratio {record.latency_ratio:.2f})"
+    if is_dynamic(record.method):
+        return f"{flag}: its exits' per-call work outweighs what they save on a network this fast at batch 1"
     if not is_masked(record.method):
         return flag
     return (f"{flag}: masked weights cut nonzero FLOPs but not time without "

@@ -18,11 +18,10 @@ def _table(table: Table) -> list[str]:
 
 def _section(section: Section) -> list[str]:
     lines = [f"## {section.title}", ""]
+    lines += [line for paragraph in section.paragraphs for line in (paragraph, "")]
     if section.figures:
         titles = "; ".join(figure.layout.title.text for figure in section.figures)
         lines += [f"Interactive in report.html: {titles}.", ""]
-    else:
-        lines += [line for paragraph in section.paragraphs for line in (paragraph, "")]
     if section.table is not None:
         lines += _table(section.table) + [""]
     if section.code is not None:

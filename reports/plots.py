@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from reports import formatting as fmt
 from reports.records import RunInfo, TrialRecord
@@ -104,4 +105,40 @@ def flops_latency_figure(trials: list[TrialRecord], front: list[TrialRecord]) ->
         xaxis_title="FLOPs ratio (pruned / dense)", yaxis_title="latency ratio, p50 (pruned / dense)",
         template="plotly_white", height=520,
     )
+    return figure
+
+
+def replay_figure(windows: list[dict], epsilon: float, static_cost: float) -> go.Figure:
+    """Mean cost per window against the pick's static backbone, and the loss (disagreement with dense) against
+    epsilon."""
+    starts = [w["start"] for w in windows]
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=(
+        "mean cost per input (ratio to dense FLOPs, dense checks included)", "loss: disagreement with dense"))
+    figure.add_trace(go.Scatter(x=starts, y=[w["mean_cost"] for w in windows], name="runtime cost",
+                                mode="lines+markers"), row=1, col=1)
+    figure.add_hline(y=static_cost, line_dash="dash", annotation_text="static backbone", row=1, col=1)
+    figure.add_trace(go.Scatter(x=starts, y=[w["disagreement_all"] for w in windows], name="over every input",
+                                mode="lines+markers"), row=2, col=1)
+    figure.add_trace(go.Scatter(x=starts, y=[w["disagreement"] for w in windows], name="on the runtime's checks",
+                                mode="lines+markers"), row=2, col=1)
+    figure.add_trace(go.Scatter(x=starts, y=[w["noise"] for w in windows], name="noise strength (max in window)",
+                                mode="lines", line={"dash": "dot"}), row=2, col=1)
+    figure.add_hline(y=epsilon, line_dash="dash", annotation_text="epsilon", row=2, col=1)
+    figure.update_xaxes(title_text="input number (window start)", row=2, col=1)
+    figure.update_layout(height=640, title="Dynamic runtime replay")
+    return figure
+
+
+def exit_cost_figure(record: TrialRecord) -> go.Figure:
+    """A dynamic model's per-input cost: the share of validation inputs at each exit's cost (ratio to dense FLOPs)."""
+    dense_flops = (record.flops or 0) / (record.flops_ratio or 1.0)
+    counts, flops = record.exit_counts or [], record.exit_flops or []
+    total = max(sum(counts), 1)
+    names = [f"exit {k + 1}" for k in range(len(counts) - 1)] + ["no exit"]
+    figure = go.Figure(go.Bar(x=[f / dense_flops for f in flops], y=[c / total for c in counts], text=names,
+                              width=0.02, hovertemplate="%{text}: cost %{x:.3f}, %{y:.1%} of inputs<extra></extra>"))
+    figure.add_vline(x=record.flops_ratio or 0.0, line_dash="dash", annotation_text="mean")
+    figure.update_layout(title="Per-input cost of the dynamic pick (validation split)",
+                         xaxis_title="FLOPs of the input's path / dense FLOPs", yaxis_title="share of inputs",
+                         xaxis_range=[0, 1.05], yaxis_tickformat=".0%")
     return figure

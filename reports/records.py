@@ -75,6 +75,8 @@ class TrialRecord:
     latency_by_batch: dict[str, Any] | None = None  # {"1": {...}, "64": {...}}: Pareto models at both batch regimes
     latency_ratio_p10: float | None = None  # spread over rounds of the pick's re-measured ratio (--cost latency)
     latency_ratio_p90: float | None = None
+    exit_flops: list[int] | None = None  # dynamic models: FLOPs of leaving at each exit (reports.schema.Measured)
+    exit_counts: list[int] | None = None  # dynamic models: validation inputs that left at each exit
 
     @property
     def is_complete(self) -> bool:
@@ -105,6 +107,14 @@ def _float(value: Any) -> float | None:
 def _int(value: Any) -> int | None:
     number = _float(value)
     return None if number is None else int(number)
+
+
+def _ints(value: Any) -> list[int] | None:
+    """A list of ints, or None where the value is not a list of numbers."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    numbers = [_int(v) for v in value]
+    return None if any(n is None for n in numbers) else numbers  # type: ignore[return-value]
 
 
 def _str(value: Any) -> str | None:
@@ -171,6 +181,8 @@ def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = 
         predicted_latency_ratio=_float(attrs.get("predicted_latency_ratio")),
         fitted_ratio=_float(attrs.get("fitted_ratio")),
         target=_float(attrs.get("target")),
+        exit_flops=_ints(attrs.get("exit_flops")),
+        exit_counts=_ints(attrs.get("exit_counts")),
     )
 
 
@@ -199,7 +211,8 @@ def with_latency_checks(record: TrialRecord, batches: dict[str, Any] | None, rem
 
 def trial_record_fields(attrs: dict[str, Any]) -> dict[str, Any]:
     """The FINAL_FIELDS of an attrs dict, typed as TrialRecord holds them."""
-    kinds = {"flops": _int, "params": _int, "size_bytes": _int, "model_path": run_relative}
+    kinds = {"flops": _int, "params": _int, "size_bytes": _int, "model_path": run_relative, "exit_flops": _ints,
+             "exit_counts": _ints}
     return {name: kinds.get(name, _float)(attrs.get(name)) for name in FINAL_FIELDS}
 
 

@@ -1,5 +1,5 @@
 """Files of a run folder named by the study: every such path stays inside the folder, and each model file has its
-weights file beside it (search.model_files writes both)."""
+weights file beside it, and a dynamic model its exits file (search.model_files writes them)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,17 @@ def weights_path(model_path: str | Path) -> Path:
     """The weights file that goes with a model file: trials/00007/model.pt -> trials/00007/model.weights.pt."""
     path = Path(model_path)
     return path.with_name(f"{path.stem}.weights.pt")
+
+
+def exits_path(model_path: str | Path) -> Path:
+    """The early exits that go with a dynamic model's file: trials/00007/model.pt -> trials/00007/model.exits.pt."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.exits.pt")
+
+
+def saved_files(model_path: str | Path) -> list[Path]:
+    """Every file a saved model may have: the whole module, its weights file and (dynamic models) its exits file."""
+    return [Path(model_path), weights_path(model_path), exits_path(model_path)]
 
 
 def run_relative(value: Any) -> str | None:

@@ -21,6 +21,10 @@ class Measured:
     params_ratio: float
     latency_ratio: float
     predicted_latency_ratio: float | None  # the latency table's; None where it cannot model the network
+    # A dynamic model (early exits): flops, flops_ratio and the latency figures are means over inputs; these give the
+    # FLOPs of an input leaving at each exit (the last: no head took it) and how many validation inputs did.
+    exit_flops: list[int] | None = None
+    exit_counts: list[int] | None = None
 
     def ratio(self, cost_metric: str) -> float:
         """The ratio to dense in a run's cost metric (flops, latency or params)."""

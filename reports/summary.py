@@ -40,6 +40,8 @@ def model_entry(record: TrialRecord) -> dict[str, Any]:
         "latency_by_batch": record.latency_by_batch,
         "latency_ratio_p10": record.latency_ratio_p10,
         "latency_ratio_p90": record.latency_ratio_p90,
+        "exit_flops": record.exit_flops,
+        "exit_counts": record.exit_counts,
     }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from reports.formatting import is_dynamic
 from reports.selection import TOLERANCE
 
 SLOW_RATIO = 0.95  # a pick at or above this latency ratio is not measurably faster than dense
@@ -85,7 +86,11 @@ def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
             lines.insert(2, f"Latency ratio re-measured after the search: {best['latency_ratio']:.3f} "
                             "(p10-p90 over rounds "
                             f"{best['latency_ratio_p10']:.3f}-{best['latency_ratio_p90']:.3f}).")
-        if best["latency_ratio"] >= SLOW_RATIO:
+        if best["latency_ratio"] >= SLOW_RATIO and is_dynamic(best["method"]):
+            lines.append("Warning: the pick is not measurably faster than dense: its early exits' per-call work "
+                         "outweighs what they save on a network this fast at batch 1; use --cost latency, which "
+                         "prices each exit by its measured time.")
+        elif best["latency_ratio"] >= SLOW_RATIO:
             lines.append("Warning: the pick is not measurably faster than dense. Masked weights cut nonzero FLOPs but, "
                          "without sparse kernels, not time; search the default methods (channel, layer) or "
                          "use --cost latency for speed.")

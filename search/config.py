@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pruners import available_methods, default_methods
+from pruners import available_methods, default_methods, get_method
 from search.workloads.cache import default_cache_dir
 
 COST_METRICS = ("flops", "latency", "params")
@@ -194,6 +194,9 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
     if not methods or unknown:
         raise ConfigError(f"--methods: unknown method {', '.join(unknown) or '(none given)'}; "
                           f"choose from {', '.join(available_methods())}")
+    if args.cost == "params" and any(get_method(m).dynamic for m in methods):
+        raise ConfigError("--methods dynamic with --cost params: early exits save work per input, not weights; use "
+                          "--cost flops or --cost latency")
     ray_flags = {"--address": args.address, "--workers": args.workers, "--cpus-per-trial": args.cpus_per_trial,
                  "--gpus-per-trial": args.gpus_per_trial, "--latency-on": args.latency_on}
     given = [flag for flag, value in ray_flags.items() if value is not None]

@@ -1,10 +1,13 @@
 """Early exits on a (pruned) model: attach the heads, train them with distillation from the dense model while the
-backbone stays as it is, and measure what a dynamic model costs per input (fvcore's FLOPs along each exit's path,
-averaged over a split with the exits the inputs really take)."""
+backbone stays as it is, fit their thresholds to an expected cost, and measure what a dynamic model costs per input
+(fvcore's FLOPs along each exit's path, averaged over a split with the exits the inputs really take, and batch-1
+latency over a stream of those inputs, interleaved with dense)."""
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -12,8 +15,26 @@ from torch import nn
 from dynamic import EarlyExitModel, exit_head, exit_points
 from dynamic.exits import exit_index, taken_logits
 from pruners.graph import observe
-from search.measure import count_flops, leaf_flops
+from reports.schema import Measured
+from search.config import RunConfig
+from search.measure import (
+    compare_latency,
+    compare_stream_latency,
+    count_flops,
+    count_params,
+    leaf_flops,
+    model_size_bytes,
+)
 from search.training import Batches, train
+from search.workloads import Workload
+from spaces import Policy
+
+if TYPE_CHECKING:  # search.reference measures a dynamic model with this module: no import cycle at run time
+    from search.reference import DenseReference
+
+MIN_HEAD_STEPS = 200  # the heads train at least this many steps, however short the search's fine-tune: an
+# untrained head is never confident, so the threshold fitted to the cost target falls low and accuracy with it
+STREAM_INPUTS = 300  # validation inputs timed one at a time, interleaved with dense, for a dynamic model's latency
 
 
 def attach_exits(model: nn.Module, example_inputs: torch.Tensor, count: int = 2) -> EarlyExitModel:
@@ -136,3 +157,87 @@ def evaluate_dynamic(exits: EarlyExitModel, loader: Batches, costs: list[int],
     counts = [taken_count.get(i, 0) for i in range(len(costs))]
     mean = sum(c * n for c, n in zip(costs, counts)) / max(total, 1)
     return DynamicEvaluation(correct / max(total, 1), mean, counts, list(costs))
+
+
+def make_dynamic(backbone: nn.Module, workload: Workload, policy: Policy, config: RunConfig, *,
+                 epochs: float) -> EarlyExitModel:
+    """`backbone` (pruned by a dynamic policy and recovered) with the policy's `exits` heads trained `epochs` (at least
+    MIN_HEAD_STEPS steps) by distillation from the dense model, their shared threshold fitted on the validation split
+    so the expected cost is at or under the policy's `exit_target` of dense, in the run's cost metric (FLOPs, or
+    batch-1 latency), as high as that allows."""
+    if config.cost == "params":
+        raise ValueError("--cost params cannot price a dynamic model: early exits save work per input, not weights; "
+                         "use --cost flops or latency")
+    model = attach_exits(backbone, workload.example_inputs, int(policy.options["exits"]))
+    steps = len(workload.train)  # type: ignore[arg-type]
+    train_heads(model, workload.train, epochs=max(epochs, MIN_HEAD_STEPS / max(steps, 1)), lr=policy.finetune_lr,
+                teacher=workload.model, device=config.device, distill=max(policy.distill, 0.5))
+    costs = exit_cost_ratios(model, workload, config.cost, device=config.device, threads=config.threads)
+    model.thresholds.fill_(fit_threshold(model, workload.val, costs, float(policy.options["exit_target"])))
+    return model
+
+
+def exit_cost_ratios(exits: EarlyExitModel, workload: Workload, cost: str, *, device: str = "cpu",
+                     threads: int | None = None) -> list[float]:
+    """The cost of one input leaving at each exit (the last: no head took it), as a ratio to dense: fvcore FLOPs, or
+    batch-1 latency timed interleaved with dense, each path forced (the heads before it consulted, declining)."""
+    if cost == "flops":
+        dense_flops = count_flops(workload.model, workload.example_inputs)
+        return [c / dense_flops for c in exit_costs(exits, workload.example_inputs)]
+    paths = {f"exit {k}": _forced_path(exits, k) for k in range(len(exits.exits) + 1)}
+    timing = compare_latency({"dense": workload.model, **paths}, workload.example_inputs, reference="dense",
+                             device=device, threads=threads)
+    return [timing[name]["ratio"] for name in paths]
+
+
+def _forced_path(exits: EarlyExitModel, index: int) -> EarlyExitModel:
+    """A copy that sends every input out at exit `index` (len(exits): through the whole backbone), every head before
+    it consulted and declining (threshold 1 is not reached by a softmax short of certainty)."""
+    forced = copy.deepcopy(exits)
+    thresholds = [1.0] * len(exits.exits)
+    if index < len(thresholds):
+        thresholds[index] = 0.0
+    forced.thresholds.copy_(torch.tensor(thresholds))
+    return forced
+
+
+@torch.inference_mode()
+def fit_threshold(exits: EarlyExitModel, loader: Batches, costs: list[float], target: float) -> float:
+    """The highest threshold shared by every head whose expected cost over `loader` is at or under `target` (each
+    input at the first head confident enough; lowering the threshold only moves inputs to earlier exits, so the cost
+    falls monotonically and a bisection finds it); 0 where even that misses the target."""
+    confidence = [torch.cat(parts) for parts in zip(*(
+        [logits.softmax(1).amax(1) for logits in exits.eval().exit_logits(inputs)[:-1]] for inputs, _ in loader))]
+
+    def expected(threshold: float) -> float:
+        taken = torch.full_like(confidence[0], len(confidence), dtype=torch.long)
+        for index in reversed(range(len(confidence))):
+            taken = torch.where(confidence[index] >= threshold, torch.full_like(taken, index), taken)
+        return float(torch.tensor(costs, dtype=torch.float64)[taken].mean())
+
+    if expected(1.0 + 1e-6) <= target:
+        return 1.0 + 1e-6  # the backbone alone is within the target: no head needs to take an input
+    low, high = 0.0, 1.0
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (mid, high) if expected(mid) <= target else (low, mid)
+    return low
+
+
+def measure_dynamic(exits: EarlyExitModel, workload: Workload, dense: DenseReference, *, device: str = "cpu",
+                    threads: int | None = None) -> Measured:
+    """A dynamic model's costs against dense: FLOPs per input averaged over the validation split (with how many inputs
+    left at each exit), and mean batch-1 latency over a stream of STREAM_INPUTS validation inputs, interleaved with
+    the dense model input by input."""
+    flops = exit_costs(exits, workload.example_inputs)
+    evaluation = evaluate_dynamic(exits, workload.val, flops)
+    stream = [inputs[i:i + 1] for inputs, _ in workload.val for i in range(len(inputs))][:STREAM_INPUTS]
+    timing = compare_stream_latency({"dense": workload.model, "dynamic": exits}, stream, reference="dense",
+                                    device=device, threads=threads)
+    params = count_params(exits, nonzero_only=True)
+    return Measured(flops=round(evaluation.mean_cost), params=params, size_bytes=model_size_bytes(exits),
+                    latency_ms=timing["dynamic"]["mean_ms"], latency_p90_ms=timing["dynamic"]["p90_ms"],
+                    dense_latency_ms=timing["dense"]["mean_ms"], flops_ratio=evaluation.mean_cost / dense.flops,
+                    params_ratio=params / dense.params, latency_ratio=timing["dynamic"]["ratio"],
+                    predicted_latency_ratio=None, exit_flops=list(flops), exit_counts=evaluation.exit_counts)
+

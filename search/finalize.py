@@ -14,12 +14,13 @@ import optuna
 import torch
 from torch import nn
 
-from pruners import bake, prune
+from pruners import bake, get_method, prune
 from reports import TrialRecord, pareto_front
 from reports.records import FINAL_ATTR, load_records
 from reports.schema import Measured
 from reports.selection import TOLERANCE, is_feasible
 from search.config import RunConfig
+from search.dynamic import make_dynamic
 from search.measure.latency_table import LatencyTable
 from search.model_files import load_pruned, save_pruned
 from search.recover import recover
@@ -49,14 +50,19 @@ class FinalModel:
 
 def retrained(record: TrialRecord, workload: Workload, config: RunConfig) -> tuple[nn.Module, float]:
     """Re-prune a trial from its policy and recover it for config.final_epochs (distilling from dense with at least
-    FINAL_DISTILL), seeded by its policy; returns the baked model and its validation accuracy."""
+    FINAL_DISTILL), seeded by its policy, a dynamic one's exits trained as long; returns the baked model and its
+    validation accuracy."""
     torch.manual_seed(point_seed(config.seed, record.policy))
     policy = Policy.from_json(record.policy)
     model = prune(workload.model, workload.example_inputs, **policy.prune_kwargs(),
                   **calibration_options(workload, policy.method, policy.criterion, policy.options))
     recovery = recover(model, workload, epochs=config.final_epochs, lr=policy.finetune_lr, device=config.device,
                        distill=max(policy.distill, FINAL_DISTILL))
-    return bake(model.cpu().eval()), recovery.accuracy
+    model = bake(model.cpu().eval())
+    if not get_method(policy.method).dynamic:
+        return model, recovery.accuracy
+    model = make_dynamic(model, workload, policy, config, epochs=config.final_epochs)
+    return model, evaluate(model, workload.val, config.device)
 
 
 def final_model_path(number: int) -> str:

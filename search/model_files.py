@@ -4,6 +4,8 @@ Each model is written twice: `model.pt`, the whole pruned nn.Module (torch.save,
 the product never unpickles it), and its weights file beside it, which holds only tensors, the integer shape
 attributes of every module and the names of modules replaced by nn.Identity. The product rebuilds a model from the
 weights file on a copy of the dense model, loaded with `weights_only=True`, from a path confined to the run folder.
+A dynamic model (early exits) is its backbone, saved so, and an exits file beside it (the exit points, each head's
+width, the thresholds and the heads' tensors), read back the same safe way.
 """
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from dynamic import EarlyExitModel, exit_head
 from reports.atomic import write_bytes
-from reports.run_files import ReportError, confined_path, weights_path
+from reports.run_files import ReportError, confined_path, exits_path, weights_path
 
 FORMAT = "prune-search-weights/1"
+EXITS_FORMAT = "prune-search-exits/1"
 # The module attributes that hold a pruned shape; torch-pruning updates these when it removes channels or heads.
 SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
                "num_channels", "num_groups", "normalized_shape", "embed_dim", "num_heads", "kdim", "vdim", "head_dim")
@@ -29,9 +33,24 @@ class ModelFileError(ReportError):
 
 
 def save_pruned(model: nn.Module, path: Path) -> None:
-    """Write `model` as the whole module at `path` and as its weights file beside it, each atomically."""
+    """Write `model` as the whole module at `path` and as its weights file beside it (a dynamic model: its backbone's,
+    and its exits file), each atomically."""
     write_bytes(path, _saved_bytes(model))
-    write_bytes(weights_path(path), _saved_bytes(weights_of(model)))
+    backbone = model.backbone if isinstance(model, EarlyExitModel) else model
+    write_bytes(weights_path(path), _saved_bytes(weights_of(backbone)))
+    if isinstance(model, EarlyExitModel):
+        write_bytes(exits_path(path), _saved_bytes(exits_of(model)))
+    else:
+        exits_path(path).unlink(missing_ok=True)
+
+
+def exits_of(model: EarlyExitModel) -> dict[str, Any]:
+    """What rebuilds a dynamic model's heads on its backbone: exit points, head widths, classes, thresholds, tensors."""
+    first = [next(m for m in head.modules() if isinstance(m, nn.Conv2d)) for head in model.heads]
+    last = [[m for m in head.modules() if isinstance(m, nn.Linear)][-1] for head in model.heads]
+    return {"format": EXITS_FORMAT, "exits": list(model.exits), "channels": [f.in_channels for f in first],
+            "classes": last[0].out_features, "thresholds": model.thresholds.tolist(),
+            "state_dict": {key: value.detach().cpu() for key, value in model.heads.state_dict().items()}}
 
 
 def weights_of(model: nn.Module) -> dict[str, Any]:
@@ -53,13 +72,31 @@ def load_pruned(run_dir: Path, model_path: str, dense: nn.Module) -> nn.Module:
     path = confined_path(run_dir, str(weights_path(model_path)))
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing")
+    backbone = rebuild(dense, _read(path, FORMAT))
+    exits = confined_path(run_dir, str(exits_path(model_path)))
+    return with_exits(backbone, _read(exits, EXITS_FORMAT)) if exits.is_file() else backbone
+
+
+def with_exits(backbone: nn.Module, saved: dict[str, Any]) -> EarlyExitModel:
+    """`backbone` with the heads of an exits file (exits_of's dict); ModelFileError where they do not fit it."""
+    try:
+        heads = [exit_head(int(c), int(saved["classes"])) for c in saved["channels"]]
+        model = EarlyExitModel(backbone, list(saved["exits"]), heads, [float(t) for t in saved["thresholds"]])
+        model.heads.load_state_dict(saved["state_dict"], strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"the exits file does not fit the model: {str(error).splitlines()[0]}") from None
+    return model.eval()
+
+
+def _read(path: Path, fmt: str) -> dict[str, Any]:
+    """A file of this tool's format `fmt`, loaded with weights_only=True; ModelFileError otherwise."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - a weights file that is not ours, whatever torch says about it
+    except Exception as error:  # noqa: BLE001 - a file that is not ours, whatever torch says about it
         raise ModelFileError(f"{path} is not a weights file of this tool ({type(error).__name__}: {error})") from None
-    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
-        raise ModelFileError(f"{path} is not a weights file of this tool (format {FORMAT} expected)")
-    return rebuild(dense, saved)
+    if not isinstance(saved, dict) or saved.get("format") != fmt:
+        raise ModelFileError(f"{path} is not a weights file of this tool (format {fmt} expected)")
+    return saved
 
 
 def rebuild(dense: nn.Module, saved: dict[str, Any]) -> nn.Module:

@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from dynamic import EarlyExitModel
 from reports.schema import Measured
+from search.dynamic import measure_dynamic
 from search.measure import compare_latency, count_flops, count_params, latency, model_size_bytes
 from search.measure.latency_table import LatencyTable
 from search.training import evaluate
@@ -69,8 +71,11 @@ def measure_against_dense(model: nn.Module, workload: Workload, dense: DenseRefe
     """FLOPs, non-zero params, size and latency of a pruned (baked, CPU) model, with their ratios to dense, and the
     latency ratio the `table` predicts (when there is one).
 
-    Latency is timed interleaved with the dense model in this process, so the ratio holds on a noisy machine.
+    Latency is timed interleaved with the dense model in this process, so the ratio holds on a noisy machine. A dynamic
+    model (early exits) is measured per input over the validation split (search.dynamic.measure_dynamic).
     """
+    if isinstance(model, EarlyExitModel):
+        return measure_dynamic(model, workload, dense, device=device, threads=threads)
     flops = count_flops(model, workload.example_inputs)
     params = count_params(model, nonzero_only=True)
     timing = compare_latency({"dense": workload.model, "pruned": model}, workload.example_inputs, reference="dense",

@@ -16,8 +16,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from pruners import bake, needs_calibration
+from pruners import bake, get_method, needs_calibration
 from search.config import RunConfig
+from search.dynamic import make_dynamic
 from search.fit import fit_to_target
 from search.measure import compare_latency, count_flops, count_params
 from search.measure.latency_table import LatencyTable
@@ -25,6 +26,7 @@ from search.model_files import save_pruned
 from search.recover import ScreenedOut, recover
 from search.reference import DenseReference, measure_against_dense
 from search.screening import stop_below
+from search.training import evaluate
 from search.workloads import Workload
 from spaces import SearchSpace
 
@@ -90,17 +92,19 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     torch.manual_seed(seed)
     workload, dense, config = ctx.workload, ctx.dense, ctx.config
     extra = calibration_options(workload, params["method"], params.get("criterion", ""), params)
-    fitted = fit_to_target(workload.model, workload.example_inputs, ctx.space, params,
-                           params.get("target", config.budget), fitting_ratio(workload, dense, config,
-                                                                              ctx.latency_table), label, extra)
+    target = ctx.space.backbone_target(params, params.get("target", config.budget))  # a dynamic point's exits cut more
+    fitted = fit_to_target(workload.model, workload.example_inputs, ctx.space, params, target,
+                           fitting_ratio(workload, dense, config, ctx.latency_table), label, extra)
     model, policy = fitted.model, fitted.policy
     fit_seconds = time.perf_counter() - started
-    over_budget = fitted.ratio > config.budget
+    over_budget = fitted.ratio > ctx.space.backbone_target(params, config.budget)
+    dynamic = get_method(policy.method).dynamic
+    # screened at the cost it will have: a dynamic backbone's accuracy bounds the model its exits make
+    bar = stop_below(screen, params["target"] if dynamic else fitted.ratio)
     torch.manual_seed(seed)  # fitting may time models (random inputs) a varying number of times
     try:
         recovery = recover(model, workload, epochs=0 if over_budget else config.finetune_epochs,
-                           lr=policy.finetune_lr, device=config.device, stop_below=stop_below(screen, fitted.ratio),
-                           distill=policy.distill)
+                           lr=policy.finetune_lr, device=config.device, stop_below=bar, distill=policy.distill)
     except ScreenedOut as stop:
         stop.attrs = {"policy": policy.to_json(), "method": policy.method, "label": label,
                       "accuracy": stop.accuracy, "accuracy_before_finetune": stop.accuracy,
@@ -109,16 +113,19 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
                       "screen_seconds": fit_seconds + stop.seconds,
                       "seconds": time.perf_counter() - started}
         raise
-    if not math.isfinite(recovery.accuracy):
+    model, accuracy = bake(model.cpu().eval()), recovery.accuracy
+    if dynamic:
+        model = make_dynamic(model, workload, policy, config, epochs=config.finetune_epochs)
+        accuracy = evaluate(model, workload.val, config.device)
+    if not math.isfinite(accuracy):
         raise FloatingPointError("validation accuracy is not a number")
-    model = bake(model.cpu().eval())
     measured = measure_against_dense(model, workload, dense, device=config.device, threads=config.threads,
                                      batch_size=config.batch_size, table=ctx.latency_table)
     relative = model_path(number)
     save_pruned(model, ctx.run_dir / relative)
     return {
         "policy": policy.to_json(), "method": policy.method, "label": label,
-        "accuracy": recovery.accuracy, "accuracy_loss": dense.accuracy - recovery.accuracy,
+        "accuracy": accuracy, "accuracy_loss": dense.accuracy - accuracy,
         "accuracy_before_finetune": recovery.accuracy_before_finetune,
         "accuracy_after_finetune": recovery.accuracy_after_finetune, "kept": recovery.kept,
         **measured.to_attrs(),

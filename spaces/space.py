@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from dynamic import exit_points
 from pruners import PrunableGroup, get_method, prunable_groups, removable_blocks
 from spaces.cost_model import CostModel
 from spaces.policy import Policy
@@ -27,6 +28,8 @@ SENSITIVITY_POWER = (0.25, 2.0)  # sensitivity: each group's efficiency (FLOPs s
 SENSITIVITY_FLOOR = 0.05  # sensitivity: the least relative weight, so every group can still reach its cap
 NM_PATTERNS = ("2:4", "1:4", "2:8", "1:8")
 DISTILL = (0.0, 0.5, 0.9)  # weight of distillation from the dense model in the recovery loss
+MAX_EXITS = 3  # dynamic: early exits offered, at most (spread over the network's stage outputs)
+EXIT_SHARE = (0.2, 1.0)  # dynamic: the exits' share of the cost cut, in log space (1: the backbone stays whole)
 
 
 class SpaceError(ValueError):
@@ -55,6 +58,7 @@ class SearchSpace:
     blocks: int = 0  # removable residual blocks: a per-group method that takes `blocks` may drop up to this many
     block_share: float = 0.0  # mean share of the dense cost (FLOPs, or time with --cost latency) in one removable block
     sensitivity: dict[str, float] | None = None  # group -> FLOPs saved per accuracy lost, pruned alone (measured)
+    exit_choices: tuple[int, ...] = ()  # dynamic: how many early exits a point may have (the network's stage outputs)
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs: torch.Tensor, layer_flops: dict[str, int], total_flops: int,
@@ -71,9 +75,13 @@ class SearchSpace:
         blocks = removable_blocks(model, example_inputs) if deepens else []
         costs, total = (layer_flops, total_flops) if layer_cost is None else (layer_cost, sum(layer_cost.values()))
         in_blocks = sum(c for name, c in costs.items() if any(name.startswith(b + ".") for b in blocks))
+        exits = len(exit_points(model, example_inputs, MAX_EXITS)) if any(get_method(m).dynamic for m in methods) else 0
+        if any(get_method(m).dynamic for m in methods) and not exits:
+            raise SpaceError(f"{type(model).__name__} has no stage output with weighted layers after it, so no early "
+                             "exit fits: leave out --methods dynamic")
         return cls(tuple(methods), groups, CostModel.build(layer_flops, total_flops, groups), budget, base_lr,
                    _depths(model, groups), target_floor, tuple(round_to) or (1,), len(blocks),
-                   in_blocks / total / len(blocks) if blocks else 0.0)
+                   in_blocks / total / len(blocks) if blocks else 0.0, exit_choices=tuple(range(1, exits + 1)))
 
     def target_range(self) -> tuple[float, float]:
         """Cost-ratio targets the search samples from: up to the budget, down to `target_floor` of it."""
@@ -106,6 +114,9 @@ class SearchSpace:
             params["depth"] = trial.suggest_float("depth", 0.0, 1.0)
         if "reconstruct" in traits.options:
             params["reconstruct"] = trial.suggest_categorical("reconstruct", [False, True])
+        if traits.dynamic:
+            params["exits"] = trial.suggest_categorical("exits", list(self.exit_choices))
+            params["exit_share"] = trial.suggest_float("exit_share", *EXIT_SHARE)
         if traits.knob == "per_group" and params.get("ranking", "per_group") == "per_group":
             params["allocation"] = trial.suggest_categorical("allocation", self.allocations())
             if params["allocation"] == "sensitivity":
@@ -117,6 +128,13 @@ class SearchSpace:
                 for group in self.groups:
                     params[f"a:{group.name}"] = trial.suggest_float(f"a:{group.name}", *FREE_WEIGHT)
         return params
+
+    def backbone_target(self, params: dict[str, Any], target: float) -> float:
+        """The cost ratio the pruned backbone is fitted to: `target` itself, or for a dynamic point the part of the cut
+        its exits do not make (target ** (1 - exit_share); the exits take the backbone's cost down to `target`)."""
+        if not get_method(params["method"]).dynamic:
+            return target
+        return min(1.0, target ** (1.0 - float(params.get("exit_share", 1.0))))
 
     def allocations(self) -> list[str]:
         """The allocation kinds offered: `sensitivity` only where the run measured a sensitivity map."""
@@ -156,6 +174,9 @@ class SearchSpace:
             options["blocks"] = self.removed_blocks(params)
         if params.get("reconstruct"):
             options["reconstruct"] = True
+        if traits.dynamic:
+            options["exits"] = int(params["exits"])
+            options["exit_target"] = round(float(params.get("target", self.budget)), 6)
         if traits.knob == "scalar" or params.get("ranking") == "global":
             if params.get("ranking") == "global":
                 options["global_pruning"] = True
@@ -171,7 +192,8 @@ class SearchSpace:
         never overshoots the target by more than half a block."""
         if not params.get("depth") or not self.block_share:
             return 0
-        most = min(self.blocks, round((1.0 - params.get("target", self.budget)) / self.block_share))
+        target = self.backbone_target(params, params.get("target", self.budget))
+        most = min(self.blocks, round((1.0 - target) / self.block_share))
         return min(most, int(params["depth"] * (most + 1)))
 
     def group_ratios(self, params: dict[str, Any], level: float) -> dict[str, float]:
@@ -236,6 +258,9 @@ class SearchSpace:
                       "meaning": "share of the blocks that removal alone could take off before the cost falls under "
                                  "the target, removed (l1 ranking) before channels are pruned"},
             "nm_patterns": self.nm_patterns() if any(get_method(m).knob == "pattern" for m in self.methods) else [],
+            "exits": {"choices": list(self.exit_choices), "share": list(EXIT_SHARE),
+                      "meaning": "dynamic: early-exit heads after stage outputs; the backbone is pruned to target ** "
+                                 "(1 - share) and the heads' thresholds fitted so the expected cost is the target"},
             "lr_scale": [0.3, 3.0], "base_lr": self.base_lr, "distill": list(DISTILL),
             "max_group_sparsity": MAX_SPARSITY,
         }

@@ -9,6 +9,7 @@ from dynamic import NEVER, EarlyExitModel
 from dynamic.runtime import DynamicRuntime
 from search.dynamic import attach_exits, evaluate_dynamic, exit_costs, exit_feature_shapes, train_heads
 from search.measure import count_flops
+from search.replay import noisy_stream
 from search.workloads import Workload
 
 
@@ -49,18 +50,6 @@ def test_costs_rise_along_the_exits_and_fall_as_thresholds_relax(exits: EarlyExi
     assert means == sorted(means, reverse=True) and means[0] == costs[-1] and means[-1] < 0.5 * costs[-1]
 
 
-def noisy_stream(digits: Workload, length: int, clean: int) -> list[tuple[torch.Tensor, int]]:
-    """Test images cycled: `clean` of them as they are, then Gaussian noise growing to a standard deviation of 0.5."""
-    inputs, labels = next(iter(digits.test))
-    generator = torch.Generator().manual_seed(0)
-    stream = []
-    for t in range(length):
-        x = inputs[t % len(inputs)].unsqueeze(0)
-        strength = 0.0 if t < clean else 0.5 * (t - clean) / (length - clean)
-        stream.append((x + strength * torch.randn(x.shape, generator=generator), int(labels[t % len(labels)])))
-    return stream
-
-
 def test_the_runtime_holds_the_loss_budget_on_a_stream_that_turns_noisy(exits: EarlyExitModel,
                                                                         digits: Workload) -> None:
     """The loss is disagreement with the dense model (it bounds the accuracy lost against it): over every window of
@@ -71,10 +60,10 @@ def test_the_runtime_holds_the_loss_budget_on_a_stream_that_turns_noisy(exits: E
     dense_cost = count_flops(digits.model, digits.example_inputs)
     runtime = DynamicRuntime(exits, digits.model, epsilon, exit_costs=costs, dense_cost=dense_cost,
                              base_thresholds=[0.9, 0.9], window=window)
-    stream = noisy_stream(digits, 4000, clean=2000)
+    stream = noisy_stream(digits.test, 4000, clean=2000, noise=0.5)
     disagreed = []
     with torch.no_grad():
-        for number, (x, label) in enumerate(stream):
+        for number, (x, label, _) in enumerate(stream):
             disagreed.append(int(runtime(x).argmax(1)) != int(digits.model(x).argmax(1)))
             runtime.observe_label(number, label)
     for start in range(warmup, len(stream) - window + 1, 100):
@@ -85,7 +74,7 @@ def test_the_runtime_holds_the_loss_budget_on_a_stream_that_turns_noisy(exits: E
 def test_the_runtime_saves_and_loads_with_its_model(exits: EarlyExitModel, digits: Workload, tmp_path) -> None:
     costs = exit_costs(exits, digits.example_inputs)
     runtime = DynamicRuntime(exits, digits.model, 0.02, exit_costs=costs, dense_cost=costs[-1])
-    for x, _ in noisy_stream(digits, 300, clean=300):
+    for x, _, _ in noisy_stream(digits.test, 300, clean=300, noise=0.0):
         runtime(x)
     path = tmp_path / "runtime.pt"
     torch.save({"state_dict": exits.state_dict(), "runtime": runtime.settings()}, path)

@@ -28,7 +28,7 @@ TOP_EXTRA_KEYS = {"final_stage_errors"}  # extensions the README lists
 MODEL_KEYS = {"trial", "method", "accuracy", "test_accuracy", "flops", "params", "latency_ms", "cost_ratio", "policy"}
 MODEL_EXTRA_KEYS = {"flops_ratio", "latency_ratio", "params_ratio", "size_bytes", "label", "latency_p90_ms",
                     "dense_latency_ms", "search_accuracy", "final_epochs", "nonzero_flops", "predicted_latency_ratio",
-                    "latency_by_batch", "latency_ratio_p10", "latency_ratio_p90"}
+                    "latency_by_batch", "latency_ratio_p10", "latency_ratio_p90", "exit_flops", "exit_counts"}
 
 
 def record(number: int, cost: float | None, accuracy: float | None,

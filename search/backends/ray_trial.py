@@ -20,7 +20,7 @@ from ray.actor import ActorHandle
 from ray.tune.experiment import Trial
 
 from reports.atomic import write_bytes
-from reports.run_files import confined_path, weights_path
+from reports.run_files import confined_path, saved_files
 from search.backends.ray_latency import target_latency_attrs
 from search.model_files import load_pruned
 from search.outcome import OBJECTIVES, TrialOutcome, complete, failed, run_point
@@ -86,6 +86,7 @@ def _sent_home(setup: TrialSetup, outcome: TrialOutcome, scratch: Path) -> Trial
     if ctx.config.latency_on:
         pruned = load_pruned(scratch, attrs["model_path"], ctx.workload.model)
         attrs.update(target_latency_attrs(ctx.workload.model, pruned, ctx.workload.example_inputs, ctx.config))
-    for relative in (attrs["model_path"], weights_path(attrs["model_path"])):
-        ray.get(setup.writer.write.remote(str(relative), (scratch / relative).read_bytes()))
+    for relative in saved_files(attrs["model_path"]):
+        if (scratch / relative).is_file():
+            ray.get(setup.writer.write.remote(str(relative), (scratch / relative).read_bytes()))
     return complete(attrs)

@@ -94,6 +94,41 @@ def compare_latency(
     return stats
 
 
+def compare_stream_latency(
+    models: dict[str, nn.Module],
+    stream: list[torch.Tensor],
+    *,
+    reference: str,
+    device: str = "cpu",
+    threads: int | None = None,
+    warmup: int = 10,
+) -> dict[str, dict[str, Any]]:
+    """Time the models on a stream of different inputs, one at a time, interleaved input by input (the order rotated
+    each input); per model its stats and ``ratio`` = mean / the reference's mean. For a model whose work depends on
+    the input (early exits), where one repeated input would time one path only."""
+    if reference not in models:
+        raise ValueError(f"reference {reference!r} is not one of the models: {sorted(models)}")
+    if not stream:
+        raise ValueError("the stream is empty: give at least one input")
+    dev = torch.device(device)
+    copies = {name: _copy(model).to(dev).eval() for name, model in models.items()}
+    names = list(copies)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    with num_threads(threads) as used_threads, torch.inference_mode():
+        for name in names:
+            time_calls(copies[name], stream[0].to(dev), warmup, dev)
+        for index, inputs in enumerate(stream):
+            inputs = inputs.to(dev)
+            shift = index % len(names)
+            for name in names[shift:] + names[:shift]:
+                samples[name] += time_calls(copies[name], inputs, 1, dev)
+    stats = {name: _summarise(times) for name, times in samples.items()}
+    reference_mean = stats[reference]["mean_ms"]
+    for entry in stats.values():
+        entry.update(ratio=entry["mean_ms"] / reference_mean, batch_size=1, device=str(dev), threads=used_threads)
+    return stats
+
+
 def _copy(model: nn.Module) -> nn.Module:
     """A deep copy, also of a model that ran forward with torch.nn.utils.prune masks.
 

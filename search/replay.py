@@ -1,0 +1,140 @@
+"""`python -m search.replay RUN_DIR`: a stream through a dynamic pick's runtime, its cost and loss per window.
+
+The pick is read from RUN_DIR/best (weights and exits files, loaded with weights_only=True) with its runtime settings
+(best/runtime.json). The stream: test images in order, the first --clean of them as they are, then Gaussian noise whose
+standard deviation grows linearly to --noise (in the inputs' normalised units); each label arrives after its answer.
+Per window the runtime logs its mean cost (a ratio to the dense model's FLOPs, dense checks included) and the
+disagreement it saw on its checks; the replay adds the disagreement with dense over every input, which the runtime
+itself never sees. Writes RUN_DIR/replay/replay.json and replay.html.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from dynamic import EarlyExitModel
+from dynamic.runtime import DynamicRuntime
+from reports import ReportError, load_records
+from reports.atomic import write_text
+from reports.best import BEST_RUNTIME
+from reports.plots import replay_figure
+from search.measure import count_flops
+from search.model_files import load_pruned
+from search.run import configure_logging
+from search.study import storage_url
+from search.training import Batches
+from search.workloads import build_workload
+
+log = logging.getLogger("search.replay")
+
+
+class ReplayError(ValueError):
+    """The run folder has nothing to replay; the message says what to do."""
+
+
+def noisy_stream(loader: Batches, length: int, clean: int, noise: float, seed: int = 0
+                 ) -> list[tuple[torch.Tensor, int, float]]:
+    """(input of batch 1, label, noise strength) for `length` inputs cycled from `loader`: the first `clean` as they
+    are, then Gaussian noise growing linearly to a standard deviation of `noise`."""
+    samples = [(inputs[i:i + 1], int(labels[i])) for inputs, labels in loader for i in range(len(labels))]
+    if not samples:
+        raise ReplayError("the split to stream from is empty")
+    generator = torch.Generator().manual_seed(seed)
+    stream = []
+    for t in range(length):
+        x, label = samples[t % len(samples)]
+        strength = 0.0 if t < clean else noise * (t - clean + 1) / max(length - clean, 1)
+        stream.append((x + strength * torch.randn(x.shape, generator=generator), label, strength))
+    return stream
+
+
+def replay(runtime: DynamicRuntime, stream: list[tuple[torch.Tensor, int, float]]) -> list[dict]:
+    """Serve the stream through the runtime; its per-window log with the disagreement over every input and the
+    largest noise strength of the window added."""
+    disagreed: list[int] = []
+    with torch.inference_mode():
+        for number, (x, label, _) in enumerate(tqdm(stream, desc="stream", unit="input", leave=False)):
+            answer = int(runtime(x).argmax(1))
+            disagreed.append(int(answer != int(runtime.dense(x).argmax(1))))
+            runtime.observe_label(number, label)
+    windows = runtime.log()
+    for window in windows:
+        span = range(window["start"], window["start"] + window["inputs"])
+        window["disagreement_all"] = sum(disagreed[i] for i in span) / max(len(span), 1)
+        window["noise"] = max((stream[i][2] for i in span), default=0.0)
+    return windows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m search.replay", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a run folder whose pick (best/) is dynamic")
+    parser.add_argument("--length", type=int, default=6000, help="inputs in the stream")
+    parser.add_argument("--clean", type=int, default=3000, help="inputs before the noise starts")
+    parser.add_argument("--noise", type=float, default=1.0, help="standard deviation of the noise at the stream's end")
+    parser.add_argument("--window", type=int, default=1000, help="inputs per logged window")
+    parser.add_argument("--epsilon", type=float, default=None, help="the loss budget (default: the run's)")
+    parser.add_argument("--sample-rate", type=float, default=None,
+                        help="share of inputs checked against the dense model (default: the saved runtime's)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of the runtime's sampling")
+    args = parser.parse_args(argv)
+    if args.length < 1 or not 0 <= args.clean <= args.length or args.window < 1 or args.noise < 0:
+        raise ReplayError(f"--length {args.length}, --clean {args.clean}, --window {args.window}, --noise "
+                          f"{args.noise}: need length >= 1, 0 <= clean <= length, window >= 1, noise >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
+    try:
+        args = parse_args(argv)
+        result = run_replay(args)
+    except (ReplayError, ReportError, FileNotFoundError) as error:  # ModelFileError is a ReportError
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    out = args.run_dir / "replay"
+    write_text(out / "replay.json", json.dumps(result, indent=2))
+    figure = replay_figure(result["windows"], result["settings"]["epsilon"], result["static_cost"])
+    write_text(out / "replay.html", figure.to_html(include_plotlyjs="cdn"))
+    print(f"replayed {args.length} inputs: mean cost {result['mean_cost']:.3f} of dense (static backbone "
+          f"{result['static_cost']:.3f}), worst window loss {result['worst_loss']:.4f} (epsilon "
+          f"{result['settings']['epsilon']:.4f}) -> {out}/replay.html")
+    return 0
+
+
+def run_replay(args: argparse.Namespace) -> dict:
+    """Load the run's dynamic pick and its runtime, replay the stream; replay.json's dict."""
+    if not (args.run_dir / "study.db").is_file():
+        raise ReplayError(f"{args.run_dir} holds no study.db: give the folder of a `python -m search.run` run")
+    info = load_records(storage_url(args.run_dir), final=False).info
+    config = info.config
+    workload = build_workload(config["workload"], seed=int(config.get("seed", 0)),
+                              cache_dir=Path(config["cache_dir"]),
+                              data_dir=Path(config["data_dir"]) if config.get("data_dir") else None, device="cpu")
+    settings = args.run_dir / "best" / BEST_RUNTIME
+    if not settings.is_file():
+        raise ReplayError(f"{settings} is missing: the pick of {args.run_dir} is not dynamic; search with --methods "
+                          "dynamic (or dynamic,channel)")
+    model = load_pruned(args.run_dir, "best/model.pt", workload.model)
+    if not isinstance(model, EarlyExitModel):
+        raise ReplayError(f"{args.run_dir}/best holds a static model: no exits to adapt")
+    overrides = {k: v for k, v in {"epsilon": args.epsilon, "sample_rate": args.sample_rate}.items() if v is not None}
+    runtime = DynamicRuntime.load(settings, model, workload.model, window=args.window, seed=args.seed, **overrides)
+    dense_flops = count_flops(workload.model, workload.example_inputs)
+    static_cost = count_flops(model.backbone, workload.example_inputs) / dense_flops
+    windows = replay(runtime, noisy_stream(workload.test, args.length, args.clean, args.noise, args.seed))
+    total = sum(w["inputs"] for w in windows)
+    return {"settings": runtime.settings(), "static_cost": static_cost,
+            "stream": {"split": "test", "length": args.length, "clean": args.clean, "noise": args.noise,
+                       "seed": args.seed},
+            "mean_cost": sum(w["cost"] for w in windows) / max(total, 1),
+            "worst_loss": max(w["disagreement_all"] for w in windows), "windows": windows}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""`--methods dynamic` end to end on digits-cnn: the search picks an early-exit model within budget, saves it with
+its runtime, the report shows where inputs leave, and `search.replay` serves a stream through the saved runtime."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dynamic import EarlyExitModel
+from dynamic.runtime import DynamicRuntime
+from reports import write_report
+from search.config import ConfigError, parse_config
+from search.dynamic import exit_cost_ratios, fit_threshold
+from search.model_files import load_pruned
+from search.pipeline import finish, prepare, run_backend
+from search.replay import main as replay_main
+from search.training import evaluate
+from search.workloads import Workload
+
+DYNAMIC = ["--workload", "digits-cnn", "--budget", "0.5", "--threads", "1", "--finetune-epochs", "0.5",
+           "--final-epochs", "0", "--methods", "dynamic", "--no-sensitivity", "--trials", "3"]
+
+
+@pytest.fixture(scope="module")
+def dynamic_run(digits: Workload, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = parse_config([*DYNAMIC, "--out", str(tmp_path_factory.mktemp("dynamic") / "run")])
+    study, ctx = prepare(config, digits)
+    run_backend(study, ctx)
+    finish(study, ctx)
+    return config.out
+
+
+def test_the_dynamic_pick_is_within_budget_and_reloads_as_it_was_measured(dynamic_run: Path,
+                                                                          digits: Workload) -> None:
+    best = json.loads((dynamic_run / "pareto.json").read_text())["best"]
+    assert best is not None and best["method"] == "dynamic"
+    dense = json.loads((dynamic_run / "pareto.json").read_text())["dense"]
+    assert best["flops_ratio"] <= 0.5 + 1e-9 and dense["accuracy"] - best["accuracy"] <= 0.01 + 1e-9
+    assert len(best["exit_counts"]) == len(best["exit_flops"]) and sum(best["exit_counts"]) > 0
+    assert best["exit_flops"] == sorted(best["exit_flops"])  # a later exit runs more of the backbone
+    model = load_pruned(dynamic_run, "best/model.pt", digits.model)
+    assert isinstance(model, EarlyExitModel) and (dynamic_run / "best" / "model.exits.pt").is_file()
+    assert evaluate(model, digits.val) == pytest.approx(best["accuracy"])
+    runtime = DynamicRuntime.load(dynamic_run / "best" / "runtime.json", model, digits.model)
+    assert runtime.epsilon == 0.01 and len(runtime.exit_costs) == len(best["exit_flops"])
+    assert runtime.exit_costs[-1] > 1.0 - 1e-9 or runtime.exit_costs == sorted(runtime.exit_costs)
+    report = (dynamic_run / "report.md").read_text()
+    assert "## Dynamic pick" in report and "best/runtime.json" in report
+
+
+def test_replay_serves_a_shifting_stream_and_the_report_plots_it(dynamic_run: Path) -> None:
+    assert replay_main([str(dynamic_run), "--length", "600", "--clean", "300", "--window", "100"]) == 0
+    replayed = json.loads((dynamic_run / "replay" / "replay.json").read_text())
+    assert [w["inputs"] for w in replayed["windows"]] == [100] * 6
+    assert replayed["windows"][0]["noise"] == 0.0 and replayed["windows"][-1]["noise"] == pytest.approx(1.0)
+    assert (dynamic_run / "replay" / "replay.html").is_file()
+    write_report(dynamic_run)
+    assert "Replayed: 600 test inputs" in (dynamic_run / "report.md").read_text()
+
+
+def test_replay_refuses_a_static_pick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert replay_main([str(tmp_path / "nowhere")]) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_the_threshold_fitted_to_a_target_lands_at_or_under_it(digits: Workload) -> None:
+    from search.dynamic import attach_exits, evaluate_dynamic, train_heads
+    torch.manual_seed(0)
+    exits = train_heads(attach_exits(digits.model, digits.example_inputs), digits.train, epochs=3, lr=0.05,
+                        teacher=digits.model)
+    costs = exit_cost_ratios(exits, digits, "flops")
+    for target in (0.5, 0.7):
+        threshold = fit_threshold(exits, digits.val, costs, target)
+        mean = evaluate_dynamic(exits, digits.val, costs, torch.full((len(exits.exits),), threshold)).mean_cost
+        looser = evaluate_dynamic(exits, digits.val, costs, torch.full((len(exits.exits),), threshold + 0.02))
+        assert mean <= target + 1e-9 and looser.mean_cost > target - 0.05
+
+
+def test_dynamic_with_params_cost_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--cost params"):
+        parse_config(["--methods", "dynamic", "--cost", "params"])
