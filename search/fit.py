@@ -12,8 +12,9 @@ from pruners import get_method, prune
 from spaces import Policy, SearchSpace
 from spaces.space import MAX_SPARSITY, ROUND_TO
 
-TOLERANCE = 0.02  # accept a ratio within this much under the target
-MAX_STEPS = 6
+TOLERANCE = 0.03  # accept a ratio within this share of the target under it: an absolute 0.02 let trials at a budget
+# of 0.25 land at 0.216 (fashion-resnet20 benchmark), 14% of their FLOPs left unused against a baseline at 0.246
+MAX_STEPS = 8
 
 
 @dataclass
@@ -41,7 +42,7 @@ def fit_to_target(dense: nn.Module, example_inputs: torch.Tensor, space: SearchS
     level = space.initial_level(params, target)
     first = attempt(level)
     if first.ratio <= target:
-        if target - first.ratio <= TOLERANCE:
+        if target - first.ratio <= TOLERANCE * target:
             return first
         best, low, high = first, 0.0, level
     else:
@@ -54,7 +55,7 @@ def fit_to_target(dense: nn.Module, example_inputs: torch.Tensor, space: SearchS
         candidate = attempt(mid)
         if candidate.ratio <= target:
             best, high = candidate, mid
-            if target - candidate.ratio <= TOLERANCE:
+            if target - candidate.ratio <= TOLERANCE * target:
                 break
         else:
             low = mid

@@ -29,7 +29,7 @@ from search.model_files import load_pruned
 from search.run import configure_logging
 from search.study import storage_url
 from search.training import Batches
-from search.workloads import build_workload
+from search.workloads import WorkloadError, run_workload
 
 log = logging.getLogger("search.replay")
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         result = run_replay(args)
-    except (ReplayError, ReportError, FileNotFoundError) as error:  # ModelFileError is a ReportError
+    except (ReplayError, ReportError, WorkloadError, FileNotFoundError) as error:  # ModelFileError: a ReportError
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = args.run_dir / "replay"
@@ -112,10 +112,7 @@ def run_replay(args: argparse.Namespace) -> dict:
     if not (args.run_dir / "study.db").is_file():
         raise ReplayError(f"{args.run_dir} holds no study.db: give the folder of a `python -m search.run` run")
     info = load_records(storage_url(args.run_dir), final=False).info
-    config = info.config
-    workload = build_workload(config["workload"], seed=int(config.get("seed", 0)),
-                              cache_dir=Path(config["cache_dir"]),
-                              data_dir=Path(config["data_dir"]) if config.get("data_dir") else None, device="cpu")
+    workload = run_workload(info.config)
     settings = args.run_dir / "best" / BEST_RUNTIME
     if not settings.is_file():
         raise ReplayError(f"{settings} is missing: the pick of {args.run_dir} is not dynamic; search with --methods "

@@ -116,3 +116,10 @@ def check_workload(name: str, workload: object) -> None:
         shape = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise WorkloadError(f"workload {name!r}: the model maps example_inputs to {shape}, not (batch, classes) "
                             "logits; wrap it so it returns class scores")
+
+
+def run_workload(config: dict) -> Workload:
+    """The workload a run searched, from its stored config (the study's `config` attribute), on the CPU."""
+    return build_workload(str(config["workload"]), seed=int(config.get("seed", 0)),
+                          cache_dir=Path(config["cache_dir"]),
+                          data_dir=Path(config["data_dir"]) if config.get("data_dir") else None, device="cpu")

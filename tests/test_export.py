@@ -1,0 +1,79 @@
+"""`python -m search.export` on a digits-cnn run: every Pareto model in the three formats, each file checked against
+the pruned model, and the ONNX and PT2 files loaded and run where none of this package can be imported."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from search.config import parse_config
+from search.export import main as export_main
+from search.export import rebuild_from_policy
+from search.model_files import load_pruned
+from search.pipeline import finish, prepare, run_backend
+from search.workloads import Workload
+
+RUN = ["--workload", "digits-cnn", "--budget", "0.5", "--epsilon", "0.05", "--threads", "1", "--finetune-epochs", "0.3",
+       "--final-epochs", "0", "--no-sensitivity", "--trials", "3"]
+OUR_PACKAGES = ("search", "spaces", "pruners", "reports", "dynamic", "torch_pruning", "fvcore")
+STANDALONE = """
+import sys
+for name in {packages!r}:
+    sys.modules[name] = None  # importing any of them now fails: the files must stand alone
+import numpy, onnxruntime, torch
+case = torch.load(sys.argv[1], weights_only=True)
+session = onnxruntime.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+onnx_out = torch.from_numpy(session.run(None, {{session.get_inputs()[0].name: case["inputs"].numpy()}})[0])
+pt2_out = torch.export.load(sys.argv[3]).module()(case["inputs"])
+for out in (onnx_out, pt2_out):
+    assert torch.allclose(out, case["expected"], rtol=1e-3, atol=1e-4), (out - case["expected"]).abs().max()
+print("standalone ok")
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(digits: Workload, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = parse_config([*RUN, "--out", str(tmp_path_factory.mktemp("export") / "run")])
+    study, ctx = prepare(config, digits)
+    run_backend(study, ctx)
+    finish(study, ctx, show=False)
+    return config.out
+
+
+def test_every_pareto_model_exports_in_three_formats_that_run_without_this_package(
+        run_dir: Path, digits: Workload, tmp_path: Path) -> None:
+    pareto = json.loads((run_dir / "pareto.json").read_text())["pareto"]
+    assert pareto
+    inputs = next(iter(digits.test))[0][:8]
+    for entry in pareto:
+        number = entry["trial"]
+        assert export_main([str(run_dir), "--trial", str(number), "--format", "all"]) == 0
+        stem = run_dir / "export" / f"trial-{number:05d}"
+        model = load_pruned(run_dir, f"trials/{number:05d}/model.pt", digits.model)
+        with torch.no_grad():
+            expected = model(inputs)
+        case = tmp_path / f"case-{number}.pt"
+        torch.save({"inputs": inputs, "expected": expected}, case)
+        done = subprocess.run([sys.executable, "-c", STANDALONE.format(packages=OUR_PACKAGES), str(case),
+                               f"{stem}.onnx", f"{stem}.pt2"], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        policy = json.loads(Path(f"{stem}.policy.json").read_text())
+        rebuilt = rebuild_from_policy(digits, policy)
+        rebuilt.load_state_dict(torch.load(f"{stem}.state_dict.pt", weights_only=True))
+        with torch.no_grad():
+            assert torch.allclose(rebuilt.eval()(inputs), expected, atol=1e-6)
+
+
+def test_export_defaults_to_the_pick_and_refuses_a_missing_trial(run_dir: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    best = json.loads((run_dir / "pareto.json").read_text())["best"]
+    assert best is not None  # epsilon 0.05: three short trials on digits always leave a pick
+    assert export_main([str(run_dir), "--format", "onnx"]) == 0
+    assert (run_dir / "export" / f"trial-{best['trial']:05d}.onnx").is_file()
+    assert export_main([str(run_dir), "--trial", "999"]) == 2
+    assert "--trial 999" in capsys.readouterr().err
