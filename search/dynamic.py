@@ -67,7 +67,7 @@ class _HeadPath(nn.Module):
 
 
 def train_heads(exits: EarlyExitModel, loader: Batches, *, epochs: float, lr: float, teacher: nn.Module,
-                device: str = "cpu", distill: float = 0.5) -> EarlyExitModel:
+                device: str = "cpu", distill: float = 0.5, temperature: float = 4.0) -> EarlyExitModel:
     """Fit every head for `epochs`, distilling from `teacher` (the dense model); the backbone does not change."""
     frozen = {p: p.requires_grad for p in exits.backbone.parameters()}
     for p in frozen:
@@ -75,7 +75,7 @@ def train_heads(exits: EarlyExitModel, loader: Batches, *, epochs: float, lr: fl
     try:
         for index in range(len(exits.heads)):
             train(_HeadPath(exits, index), loader, epochs=epochs, lr=lr, device=device, teacher=teacher,
-                  distill_weight=distill)
+                  distill_weight=distill, temperature=temperature)
     finally:
         for p, flag in frozen.items():
             p.requires_grad_(flag)
@@ -171,7 +171,8 @@ def make_dynamic(backbone: nn.Module, workload: Workload, policy: Policy, config
     model = attach_exits(backbone, workload.example_inputs, int(policy.options["exits"]))
     steps = len(workload.train)  # type: ignore[arg-type]
     train_heads(model, workload.train, epochs=max(epochs, MIN_HEAD_STEPS / max(steps, 1)), lr=policy.finetune_lr,
-                teacher=workload.model, device=config.device, distill=max(policy.distill, 0.5))
+                teacher=workload.model, device=config.device, distill=max(policy.distill, 0.5),
+                temperature=policy.distill_temperature)
     costs = exit_cost_ratios(model, workload, config.cost, device=config.device, threads=config.threads)
     model.thresholds.fill_(fit_threshold(model, workload.val, costs, float(policy.options["exit_target"])))
     return model

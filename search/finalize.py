@@ -57,7 +57,7 @@ def retrained(record: TrialRecord, workload: Workload, config: RunConfig) -> tup
     model = prune(workload.model, workload.example_inputs, **policy.prune_kwargs(),
                   **calibration_options(workload, policy.method, policy.criterion, policy.options))
     recovery = recover(model, workload, epochs=config.final_epochs, lr=policy.finetune_lr, device=config.device,
-                       distill=max(policy.distill, FINAL_DISTILL))
+                       distill=max(policy.distill, FINAL_DISTILL), temperature=policy.distill_temperature)
     model = bake(model.cpu().eval())
     if not get_method(policy.method).dynamic:
         return model, recovery.accuracy

@@ -44,10 +44,11 @@ class Recovery:
 
 
 def recover(model: nn.Module, workload: Workload, *, epochs: float, lr: float, device: str = "cpu",
-            stop_below: float | None = None, distill: float = 0.0) -> Recovery:
+            stop_below: float | None = None, distill: float = 0.0, temperature: float = 4.0) -> Recovery:
     """Recalibrate BN, screen, and fine-tune `model` in place for `epochs`; the better validated weights stay.
 
-    With `distill` > 0 the fine-tune also learns from the dense model's outputs (Hinton distillation, that weight).
+    With `distill` > 0 the fine-tune also learns from the dense model's outputs (Hinton distillation, that weight, at
+    `temperature`).
     With `stop_below`, a candidate whose recalibrated accuracy on the first SCREEN_SAMPLES validation samples
     is under it raises ScreenedOut before fine-tuning; the rest of the validation split is seen only by
     candidates that go on, so screening costs a fraction of a validation pass.
@@ -65,7 +66,7 @@ def recover(model: nn.Module, workload: Workload, *, epochs: float, lr: float, d
         return Recovery(before, None, "recalibrated", screened)
     saved = copy.deepcopy(model.state_dict())
     train(model, workload.train, epochs=epochs, lr=lr, device=device,
-          teacher=workload.model if distill > 0 else None, distill_weight=distill)
+          teacher=workload.model if distill > 0 else None, distill_weight=distill, temperature=temperature)
     after = evaluate(model, workload.val, device)
     if after >= before:
         return Recovery(before, after, "finetuned", screened)

@@ -104,7 +104,8 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     torch.manual_seed(seed)  # fitting may time models (random inputs) a varying number of times
     try:
         recovery = recover(model, workload, epochs=0 if over_budget else config.finetune_epochs,
-                           lr=policy.finetune_lr, device=config.device, stop_below=bar, distill=policy.distill)
+                           lr=policy.finetune_lr, device=config.device, stop_below=bar, distill=policy.distill,
+                           temperature=policy.distill_temperature)
     except ScreenedOut as stop:
         stop.attrs = {"policy": policy.to_json(), "method": policy.method, "label": label,
                       "accuracy": stop.accuracy, "accuracy_before_finetune": stop.accuracy,

@@ -11,7 +11,8 @@ class Policy:
 
     `group_sparsity` keeps the per-group knobs the space searched (for reading); `sparsity` is what prune() takes.
     `finetune_lr` is the recovery learning rate and `distill` the weight of distillation from the dense model in
-    its loss (0: plain cross-entropy); `label` marks warm-start baselines ("search" otherwise).
+    its loss (0: plain cross-entropy), at temperature `distill_temperature`; `label` marks warm-start baselines
+    ("search" otherwise).
     """
 
     method: str
@@ -22,6 +23,7 @@ class Policy:
     finetune_lr: float = 0.01
     label: str = "search"
     distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def prune_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for pruners.prune (model and example inputs aside)."""

@@ -28,6 +28,7 @@ SENSITIVITY_POWER = (0.25, 2.0)  # sensitivity: each group's efficiency (FLOPs s
 SENSITIVITY_FLOOR = 0.05  # sensitivity: the least relative weight, so every group can still reach its cap
 NM_PATTERNS = ("2:4", "1:4", "2:8", "1:8")
 DISTILL = (0.0, 0.5, 0.9)  # weight of distillation from the dense model in the recovery loss
+DISTILL_TEMPERATURE = (2.0, 4.0, 8.0)  # softening of both models' outputs in the distillation term (where it is on)
 MAX_EXITS = 3  # dynamic: early exits offered, at most (spread over the network's stage outputs)
 EXIT_SHARE = (0.2, 1.0)  # dynamic: the exits' share of the cost cut, in log space (1: the backbone stays whole)
 
@@ -100,6 +101,8 @@ class SearchSpace:
         params: dict[str, Any] = {"method": method}
         params["lr_scale"] = trial.suggest_float("lr_scale", 0.3, 3.0, log=True)
         params["distill"] = trial.suggest_categorical("distill", list(DISTILL))
+        if params["distill"] > 0:
+            params["temperature"] = trial.suggest_categorical("temperature", list(DISTILL_TEMPERATURE))
         if traits.knob == "pattern":
             params["pattern"] = trial.suggest_categorical("pattern", self.nm_patterns())
             return params
@@ -160,13 +163,13 @@ class SearchSpace:
         MAX_SPARSITY), or the global ratio for scalar methods."""
         method = params["method"]
         traits = get_method(method)
-        lr = self.base_lr * params.get("lr_scale", 1.0)
-        distill = float(params.get("distill", 0.0))
+        recipe = {"finetune_lr": self.base_lr * params.get("lr_scale", 1.0), "label": label,
+                  "distill": float(params.get("distill", 0.0)),
+                  "distill_temperature": float(params.get("temperature", DISTILL_TEMPERATURE[1]))}
         criterion = params.get("criterion", traits.criteria[0])
         if traits.knob == "pattern":
             n, m = (int(v) for v in params["pattern"].split(":"))
-            return Policy(method, criterion, 1.0 - n / m, {"n": n, "m": m}, finetune_lr=lr, label=label,
-                          distill=distill)
+            return Policy(method, criterion, 1.0 - n / m, {"n": n, "m": m}, **recipe)
         options: dict[str, Any] = dict(params.get("options", {}))
         if params.get("round_to", 1) > 1:
             options["round_to"] = params["round_to"]
@@ -180,11 +183,10 @@ class SearchSpace:
         if traits.knob == "scalar" or params.get("ranking") == "global":
             if params.get("ranking") == "global":
                 options["global_pruning"] = True
-            return Policy(method, criterion, round(level, 6), options, finetune_lr=lr, label=label, distill=distill)
+            return Policy(method, criterion, round(level, 6), options, **recipe)
         ratios = self.group_ratios(params, level)
         per_layer = {layer: ratios[g.name] for g in self.groups for layer in g.out_layers}
-        return Policy(method, criterion, per_layer, options, group_sparsity=ratios, finetune_lr=lr, label=label,
-                      distill=distill)
+        return Policy(method, criterion, per_layer, options, group_sparsity=ratios, **recipe)
 
     def removed_blocks(self, params: dict[str, Any]) -> int:
         """Blocks a point removes: its `depth` share of the most that removal alone could take off before the cost
@@ -262,6 +264,7 @@ class SearchSpace:
                       "meaning": "dynamic: early-exit heads after stage outputs; the backbone is pruned to target ** "
                                  "(1 - share) and the heads' thresholds fitted so the expected cost is the target"},
             "lr_scale": [0.3, 3.0], "base_lr": self.base_lr, "distill": list(DISTILL),
+            "distill_temperature": list(DISTILL_TEMPERATURE),
             "max_group_sparsity": MAX_SPARSITY,
         }
 

@@ -106,3 +106,18 @@ def test_a_fitted_point_lands_within_three_percent_under_its_target(resnet_space
               "ranking": "per_group", "allocation": "shaped", "stream_share": 0.743, "depth_tilt": 0.46, "depth": 0.3}
     fitted = fit_to_target(model, x, space, params, target, lambda m: count_flops(m, x) / dense)
     assert target * 0.97 <= fitted.ratio <= target
+
+
+def test_distillation_temperature_is_searched_only_where_distillation_is_on(resnet_space) -> None:
+    from spaces.space import DISTILL_TEMPERATURE
+    _, _, space = resnet_space
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = set()
+    for _ in range(30):
+        params = space.suggest(study.ask())
+        policy = space.policy(params, 0.3)
+        assert ("temperature" in params) == (params["distill"] > 0)
+        assert policy.distill_temperature in DISTILL_TEMPERATURE
+        if params["distill"] > 0:
+            seen.add(policy.distill_temperature)
+    assert len(seen) >= 2  # the temperature really varies
