@@ -1,11 +1,12 @@
 """`python -m search.replay RUN_DIR`: a stream through a dynamic pick's runtime, its cost and loss per window.
 
-The pick is read from RUN_DIR/best (weights and exits files, loaded with weights_only=True) with its runtime settings
-(best/runtime.json). The stream: test images in order, the first --clean of them as they are, then Gaussian noise whose
-standard deviation grows linearly to --noise (in the inputs' normalised units); each label arrives after its answer.
+The pick is read from RUN_DIR/best (weights and exits files, loaded with weights_only=True) with its runtime
+settings (best/runtime.json); `--trial N` replays another dynamic trial, with the settings a pick would get.
+The stream: test images in order, the first --clean of them as they are, then Gaussian noise whose standard
+deviation grows linearly to --noise (in the inputs' normalised units); each label arrives after its answer.
 Per window the runtime logs its mean cost (a ratio to the dense model's FLOPs, dense checks included) and the
-disagreement it saw on its checks; the replay adds the disagreement with dense over every input, which the runtime
-itself never sees. Writes RUN_DIR/replay/replay.json and replay.html.
+disagreement it saw on its checks; the replay adds the disagreement with dense over every input, which the
+runtime itself never sees. Writes RUN_DIR/replay/replay.json and replay.html.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from dynamic import EarlyExitModel
 from dynamic.runtime import DynamicRuntime
 from reports import ReportError, load_records
 from reports.atomic import write_text
-from reports.best import BEST_RUNTIME
+from reports.best import BEST_RUNTIME, runtime_settings
 from reports.plots import replay_figure
 from search.measure import count_flops
 from search.model_files import load_pruned
@@ -74,8 +75,9 @@ def replay(runtime: DynamicRuntime, stream: list[tuple[torch.Tensor, int, float]
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m search.replay", description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="a run folder whose pick (best/) is dynamic")
+    parser.add_argument("--trial", type=int, default=None, help="a dynamic trial to replay (default: the pick)")
     parser.add_argument("--length", type=int, default=6000, help="inputs in the stream")
-    parser.add_argument("--clean", type=int, default=3000, help="inputs before the noise starts")
+    parser.add_argument("--clean", type=int, default=None, help="inputs before the noise starts (default: half)")
     parser.add_argument("--noise", type=float, default=1.0, help="standard deviation of the noise at the stream's end")
     parser.add_argument("--window", type=int, default=1000, help="inputs per logged window")
     parser.add_argument("--epsilon", type=float, default=None, help="the loss budget (default: the run's)")
@@ -83,6 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="share of inputs checked against the dense model (default: the saved runtime's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of the runtime's sampling")
     args = parser.parse_args(argv)
+    args.clean = args.length // 2 if args.clean is None else args.clean
     if args.length < 1 or not 0 <= args.clean <= args.length or args.window < 1 or args.noise < 0:
         raise ReplayError(f"--length {args.length}, --clean {args.clean}, --window {args.window}, --noise "
                           f"{args.noise}: need length >= 1, 0 <= clean <= length, window >= 1, noise >= 0")
@@ -111,17 +114,25 @@ def run_replay(args: argparse.Namespace) -> dict:
     """Load the run's dynamic pick and its runtime, replay the stream; replay.json's dict."""
     if not (args.run_dir / "study.db").is_file():
         raise ReplayError(f"{args.run_dir} holds no study.db: give the folder of a `python -m search.run` run")
-    info = load_records(storage_url(args.run_dir), final=False).info
-    workload = run_workload(info.config)
-    settings = args.run_dir / "best" / BEST_RUNTIME
-    if not settings.is_file():
-        raise ReplayError(f"{settings} is missing: the pick of {args.run_dir} is not dynamic; search with --methods "
-                          "dynamic (or dynamic,channel)")
-    model = load_pruned(args.run_dir, "best/model.pt", workload.model)
-    if not isinstance(model, EarlyExitModel):
-        raise ReplayError(f"{args.run_dir}/best holds a static model: no exits to adapt")
+    records = load_records(storage_url(args.run_dir))
+    workload = run_workload(records.info.config)
     overrides = {k: v for k, v in {"epsilon": args.epsilon, "sample_rate": args.sample_rate}.items() if v is not None}
-    runtime = DynamicRuntime.load(settings, model, workload.model, window=args.window, seed=args.seed, **overrides)
+    if args.trial is None:
+        settings = args.run_dir / "best" / BEST_RUNTIME
+        if not settings.is_file():
+            raise ReplayError(f"{settings} is missing: the pick of {args.run_dir} is not dynamic; give a dynamic "
+                              "trial with --trial N, or search with --methods dynamic (or dynamic,channel)")
+        model = load_pruned(args.run_dir, "best/model.pt", workload.model)
+        saved = json.loads(settings.read_text())
+    else:
+        record = next((r for r in records.trials if r.number == args.trial and r.is_complete), None)
+        saved = None if record is None else runtime_settings(record, records.info.epsilon)
+        if record is None or saved is None or not record.model_path:
+            raise ReplayError(f"--trial {args.trial}: no complete dynamic trial of that number in {args.run_dir}")
+        model = load_pruned(args.run_dir, record.model_path, workload.model)
+    if not isinstance(model, EarlyExitModel):
+        raise ReplayError(f"{args.run_dir}: the model holds no exits to adapt")
+    runtime = DynamicRuntime(model, workload.model, **{**saved, "window": args.window, "seed": args.seed, **overrides})
     dense_flops = count_flops(workload.model, workload.example_inputs)
     static_cost = count_flops(model.backbone, workload.example_inputs) / dense_flops
     windows = replay(runtime, noisy_stream(workload.test, args.length, args.clean, args.noise, args.seed))

@@ -60,9 +60,14 @@ def test_replay_serves_a_shifting_stream_and_the_report_plots_it(dynamic_run: Pa
     assert "Replayed: 600 test inputs" in (dynamic_run / "report.md").read_text()
 
 
-def test_replay_refuses_a_static_pick(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_replay_refuses_what_it_cannot_replay(dynamic_run: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
     assert replay_main([str(tmp_path / "nowhere")]) == 2
-    assert "error:" in capsys.readouterr().err
+    assert "holds no study.db" in capsys.readouterr().err
+    assert replay_main([str(dynamic_run), "--trial", "999"]) == 2
+    assert "--trial 999" in capsys.readouterr().err
+    best = json.loads((dynamic_run / "pareto.json").read_text())["best"]
+    assert replay_main([str(dynamic_run), "--trial", str(best["trial"]), "--length", "50", "--window", "50"]) == 0
 
 
 def test_the_threshold_fitted_to_a_target_lands_at_or_under_it(digits: Workload) -> None:

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from pruners import prune
 from search.baselines import baseline_points
 from search.config import parse_config
+from search.export import main as export_main
 from search.pipeline import finish, prepare, run_backend
 from search.training import train
 from search.trial import calibration_options, evaluate_point
@@ -146,7 +147,11 @@ def test_a_user_workload_with_dataloaders_and_a_torchvision_model_searches(mobil
     assert result.returncode == 0, result.stderr[-3000:]
     trials = study_of(out).trials
     assert not [t.user_attrs.get("failure") for t in trials if t.state == TrialState.FAIL]
-    assert json.loads((out / "pareto.json").read_text())["trials"]["complete"] >= 1
+    pareto = json.loads((out / "pareto.json").read_text())
+    assert pareto["trials"]["complete"] >= 1
+    # the torchvision model ships: each format written only after its outputs matched the pruned model's
+    assert export_main([str(out), "--trial", str(pareto["pareto"][0]["trial"]), "--format", "all"]) == 0
+    assert len(list((out / "export").iterdir())) == 4  # onnx, pt2, state_dict and its policy
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the teacher moves between devices")
