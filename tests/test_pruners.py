@@ -95,8 +95,24 @@ def sgd_steps(model: nn.Module, steps: int = 3) -> None:
 
 
 def test_registry_lists_methods_and_criteria() -> None:
-    assert set(available_methods()) == {"magnitude", "global_magnitude", "channel", "layer", "nm"}
+    assert set(available_methods()) == {"magnitude", "global_magnitude", "channel", "layer", "nm", "dynamic"}
     assert set(criteria_for("channel")) == {"l1", "l2", "bn_scale", "taylor", "activation", "fpgm", "random"}
+
+
+def test_dynamic_prunes_its_backbone_like_channel_and_stays_opt_in() -> None:
+    """Its static part is channel pruning (the exits come after recovery, in search.dynamic); sparsity 0 keeps the
+    backbone whole, for dynamic pruning alone."""
+    assert get_method("dynamic").dynamic and "dynamic" not in faster_methods()
+    assert set(get_method("dynamic").options) >= set(get_method("channel").options) | {"exits", "exit_target"}
+    torch.manual_seed(0)
+    model = tiny().eval()
+    as_channel = prune(model, X, "channel", 0.5, "l1")
+    as_dynamic = prune(model, X, "dynamic", 0.5, "l1", exits=2, exit_target=0.4)
+    assert torch.equal(as_dynamic(X), as_channel(X))
+    whole = prune(model, X, "dynamic", 0.0, "l1", exits=1)
+    assert sum(p.numel() for p in whole.parameters()) == sum(p.numel() for p in model.parameters())
+    with pytest.raises(ValueError, match="exits=0"):
+        prune(model, X, "dynamic", 0.5, "l1", exits=0)
 
 
 def test_output_layers_found_from_graph() -> None:
