@@ -164,10 +164,7 @@ def make_dynamic(backbone: nn.Module, workload: Workload, policy: Policy, config
     """`backbone` (pruned by a dynamic policy and recovered) with the policy's `exits` heads trained `epochs` (at least
     MIN_HEAD_STEPS steps) by distillation from the dense model, their shared threshold fitted on the validation split
     so the expected cost is at or under the policy's `exit_target` of dense, in the run's cost metric (FLOPs, or
-    batch-1 latency), as high as that allows."""
-    if config.cost == "params":
-        raise ValueError("--cost params cannot price a dynamic model: early exits save work per input, not weights; "
-                         "use --cost flops or latency")
+    batch-1 latency; search.config refuses --cost params with dynamic methods), as high as that allows."""
     model = attach_exits(backbone, workload.example_inputs, int(policy.options["exits"]))
     steps = len(workload.train)  # type: ignore[arg-type]
     train_heads(model, workload.train, epochs=max(epochs, MIN_HEAD_STEPS / max(steps, 1)), lr=policy.finetune_lr,
