@@ -38,3 +38,17 @@ def run_cli(args: list[str], cache_dir: Path, timeout: float = 300, **kwargs) ->
     env = {**os.environ, "PRUNE_SEARCH_CACHE": str(cache_dir)}
     return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
+
+
+@pytest.fixture
+def run_main(cache_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):  # noqa: ANN201
+    """`search.run.main(ARGS)` in this process with the test cache: (exit status, stderr). The CLI's behaviour
+    without a subprocess's 3 s of imports; `run_cli` keeps the real entry point covered."""
+    from search.run import main
+
+    def run(args: list[str]) -> tuple[int, str]:
+        monkeypatch.setenv("PRUNE_SEARCH_CACHE", str(cache_dir))
+        capsys.readouterr()
+        code = main(args)
+        return code, capsys.readouterr().err
+    return run

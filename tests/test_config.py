@@ -52,21 +52,28 @@ def test_defaults_are_the_documented_main_job() -> None:
 
 
 @pytest.mark.parametrize("argv, named", BAD_FLAGS[::3] + BAD_WORKLOADS)
-def test_cli_exits_2_with_one_line_and_leaves_no_run_folder(argv: list[str], named: str, cache_dir: Path,
-                                                              tmp_path: Path) -> None:
+def test_cli_exits_2_with_one_line_and_leaves_no_run_folder(argv: list[str], named: str, run_main, tmp_path: Path
+                                                              ) -> None:
     out = [] if "--out" in argv else ["--out", str(tmp_path / "run")]
-    result = run_cli([*argv, *out], cache_dir, timeout=120)
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and named in errors[0], result.stderr
-    assert "Traceback" not in result.stderr
+    code, stderr = run_main([*argv, *out])  # an uncaught exception (a traceback in a shell) fails the test here
+    assert code == 2
+    errors = [line for line in stderr.strip().splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and named in errors[0], stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_entry_point_exits_2_with_one_line_and_no_traceback(cache_dir: Path, tmp_path: Path) -> None:
+    result = run_cli(["--workload", "tests.user_workloads:raising", "--out", str(tmp_path / "run")], cache_dir)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "failed to build" in errors[0], result.stderr
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU: --device cuda is valid")
-def test_cuda_without_a_gpu_is_refused_before_anything_is_written(cache_dir: Path, tmp_path: Path) -> None:
-    result = run_cli(["--workload", "digits-cnn", "--device", "cuda", "--out", str(tmp_path / "run")], cache_dir)
-    assert result.returncode == 2 and "--device cuda" in result.stderr and "Traceback" not in result.stderr
+def test_cuda_without_a_gpu_is_refused_before_anything_is_written(run_main, tmp_path: Path) -> None:
+    code, stderr = run_main(["--workload", "digits-cnn", "--device", "cuda", "--out", str(tmp_path / "run")])
+    assert code == 2 and "--device cuda" in stderr
     assert not (tmp_path / "run").exists()
 
 
