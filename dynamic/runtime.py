@@ -8,6 +8,18 @@ that arrive later (`observe_label`) are logged against the answers given. Contro
 step on one scale that moves every head's threshold together:
     threshold_k = 1 - (1 - base_k) * scale,   scale <- scale * exp(gain * (target - disagreed))
 which settles where the checked disagreement rate equals `target` (a margin under epsilon).
+
+Under MIN_SCALE the heads are off, and where the pruned backbone alone still disagrees too often (inputs far from
+its training data) the scale goes on falling into a fallback tier (a cascade): an input whose backbone answer has a
+logit margin (top-1 minus top-2) under MARGIN * depth / (1 - depth) is answered by the dense model, which the runtime
+holds for its checks anyway; depth runs from 0 at MIN_SCALE to 1 at ALL_TO_DENSE on a log scale. Margins rather
+than softmax confidence, since a confidently wrong backbone saturates the confidence at 1.0 in float32. So the loss
+budget holds on any stream, at a cost up to backbone + dense on the hardest inputs.
+
+Checks are drawn at `sample_rate`, more often for unsure answers (UNSURE) and for a while after a disagreement
+(ALARM): a shift in the stream shows in the checks within tens of inputs rather than hundreds, and each extra check
+answers with the dense model. Agreements seen on those extra checks move the scale up by less (weighed by
+sample_rate over the check's chance), so they cannot loosen the exits faster than plain sampling would.
 """
 from __future__ import annotations
 
@@ -24,6 +36,10 @@ from dynamic.exits import NEVER, EarlyExitModel
 
 MIN_SCALE = 0.05  # under this scale no head takes an input: on inputs where the heads are confidently wrong (heavy
 # noise), any threshold below 1 lets some through, so the controller switches the exits off
+ALL_TO_DENSE = MIN_SCALE * 1e-4  # at or under this scale the fallback tier sends every input to the dense model
+MARGIN = 2.0  # the fallback tier's logit margin at half depth
+UNSURE = 0.5  # an answer of confidence c is checked with UNSURE * (1 - c) more chance: unsure answers go to dense
+ALARM, ALARM_DECAY = 0.5, 0.98  # a disagreement raises the share checked by ALARM, decaying per input (half-life 34)
 
 @dataclass
 class Window:
@@ -37,6 +53,7 @@ class Window:
     labelled: int = 0
     errors: int = 0  # answers given that missed a label that arrived
     exits: list[int] = field(default_factory=list)  # inputs taken per exit (the last: the backbone's output)
+    fallbacks: int = 0  # inputs the fallback tier answered with the dense model
     scale: float = 0.0  # the scale at the window's end
 
     @property
@@ -57,7 +74,7 @@ class DynamicRuntime:
 
     def __init__(self, model: EarlyExitModel, dense: nn.Module, epsilon: float, *, exit_costs: list[float],
                  dense_cost: float, base_thresholds: list[float] | None = None, sample_rate: float = 0.1,
-                 margin: float = 0.5, gain: float = 2.0, scale: float = 0.5, max_scale: float = 4.0,
+                 margin: float = 0.5, gain: float = 2.0, scale: float = 0.5, max_scale: float = 2.0,
                  window: int = 1000, seed: int = 0) -> None:
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate {sample_rate} must be in (0, 1]: the runtime learns only from checks")
@@ -70,6 +87,7 @@ class DynamicRuntime:
         self.base = [min(b, 1.0) for b in base]
         self.sample_rate, self.gain, self.max_scale, self.window = sample_rate, gain, max_scale, window
         self.scale = scale
+        self.alarm = 0.0  # the share checked beyond sample_rate after a disagreement, decaying
         self.random = random.Random(seed)
         self.seen = 0
         self.windows: list[Window] = []
@@ -86,21 +104,44 @@ class DynamicRuntime:
             self.windows.append(Window(start=self.seen, exits=[0] * (len(self.exit_costs))))
         return self.windows[-1]
 
+    def _falls_back(self, logits: torch.Tensor) -> bool:
+        """Whether the fallback tier sends this backbone answer to the dense model at the current scale."""
+        if self.scale >= MIN_SCALE:
+            return False
+        depth = math.log(MIN_SCALE / self.scale) / math.log(MIN_SCALE / ALL_TO_DENSE)
+        if depth >= 1.0:
+            return True
+        top = logits.topk(2, dim=1).values[0]
+        return float(top[0] - top[1]) < MARGIN * depth / (1.0 - depth)
+
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """The logits for one input (a batch of one); a checked input gets the dense model's answer."""
+        """The logits for one input (a batch of one); a checked or fallen-back input gets the dense model's."""
         logits, taken = self.model.forward_with_exit(x)
         window = self._current()
         window.inputs += 1
         window.exits[taken] += 1
         window.cost += self.exit_costs[taken]
-        if self.random.random() < self.sample_rate:
-            reference = self.dense(x)
+        reference = None
+        if taken == len(self.model.exits) and self._falls_back(logits):
+            logits = reference = self.dense(x)
             window.cost += self.dense_cost
+            window.fallbacks += 1
+        self.alarm *= ALARM_DECAY
+        unsure = 1.0 - float(logits.softmax(1).max())
+        chance = min(1.0, self.sample_rate + self.alarm + UNSURE * unsure)
+        if self.random.random() < chance:
+            if reference is None:
+                reference = self.dense(x)
+                window.cost += self.dense_cost
             window.checks += 1
             disagreed = int(reference.argmax(1).item() != logits.argmax(1).item())
             window.disagreements += disagreed
-            self.scale = min(self.max_scale, self.scale * math.exp(self.gain * (self.target - disagreed)))
+            self.alarm = min(1.0 - self.sample_rate, self.alarm + ALARM * disagreed)
+            step = self.gain * (self.target - disagreed)
+            if not disagreed:  # checks beyond sample_rate (unsure, alarm) must not speed the climb: weigh them down
+                step *= self.sample_rate / chance
+            self.scale = max(ALL_TO_DENSE, min(self.max_scale, self.scale * math.exp(step)))
             self._apply()
             logits = reference
         window.scale = self.scale
@@ -118,7 +159,7 @@ class DynamicRuntime:
         window.errors += int(answer != label)
 
     def log(self) -> list[dict]:
-        """Per window: inputs, mean cost, checks, disagreement, errors against labels, exits taken, scale."""
+        """Per window: inputs, mean cost, checks, disagreement, errors against labels, exits taken, fallbacks, scale."""
         return [{**asdict(w), "mean_cost": w.mean_cost, "disagreement": w.disagreement} for w in self.windows]
 
     def settings(self) -> dict:

@@ -55,9 +55,9 @@ def noisy_stream(loader: Batches, length: int, clean: int, noise: float, seed: i
     return stream
 
 
-def replay(runtime: DynamicRuntime, stream: list[tuple[torch.Tensor, int, float]]) -> list[dict]:
-    """Serve the stream through the runtime; its per-window log with the disagreement over every input and the
-    largest noise strength of the window added."""
+def replay(runtime: DynamicRuntime, stream: list[tuple[torch.Tensor, int, float]]) -> tuple[list[dict], list[int]]:
+    """Serve the stream through the runtime: its per-window log with the disagreement over every input and the
+    largest noise strength of the window added, and per input whether the answer served disagreed with dense."""
     disagreed: list[int] = []
     with torch.inference_mode():
         for number, (x, label, _) in enumerate(tqdm(stream, desc="stream", unit="input", leave=False)):
@@ -69,7 +69,15 @@ def replay(runtime: DynamicRuntime, stream: list[tuple[torch.Tensor, int, float]
         span = range(window["start"], window["start"] + window["inputs"])
         window["disagreement_all"] = sum(disagreed[i] for i in span) / max(len(span), 1)
         window["noise"] = max((stream[i][2] for i in span), default=0.0)
-    return windows
+    return windows, disagreed
+
+
+def worst_window(disagreed: list[int], window: int, warmup: int) -> float:
+    """The largest disagreement rate over sliding windows of `window` inputs starting after `warmup` (in steps of a
+    tenth of a window); the whole stream after warm-up where it is shorter than a window."""
+    span = min(window, max(len(disagreed) - warmup, 1))
+    step = max(span // 10, 1)
+    return max(sum(disagreed[s:s + span]) / span for s in range(warmup, max(len(disagreed) - span, warmup) + 1, step))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -79,16 +87,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--length", type=int, default=6000, help="inputs in the stream")
     parser.add_argument("--clean", type=int, default=None, help="inputs before the noise starts (default: half)")
     parser.add_argument("--noise", type=float, default=1.0, help="standard deviation of the noise at the stream's end")
-    parser.add_argument("--window", type=int, default=1000, help="inputs per logged window")
+    parser.add_argument("--window", type=int, default=1000,
+                        help="inputs per logged window, and per sliding window of the worst loss")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="inputs before the worst loss is counted (default: 200, or a tenth of a shorter stream)")
     parser.add_argument("--epsilon", type=float, default=None, help="the loss budget (default: the run's)")
     parser.add_argument("--sample-rate", type=float, default=None,
                         help="share of inputs checked against the dense model (default: the saved runtime's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of the runtime's sampling")
     args = parser.parse_args(argv)
     args.clean = args.length // 2 if args.clean is None else args.clean
-    if args.length < 1 or not 0 <= args.clean <= args.length or args.window < 1 or args.noise < 0:
+    args.warmup = min(200, args.length // 10) if args.warmup is None else args.warmup
+    if (args.length < 1 or not 0 <= args.clean <= args.length or args.window < 1 or args.noise < 0
+            or not 0 <= args.warmup < args.length):
         raise ReplayError(f"--length {args.length}, --clean {args.clean}, --window {args.window}, --noise "
-                          f"{args.noise}: need length >= 1, 0 <= clean <= length, window >= 1, noise >= 0")
+                          f"{args.noise}, --warmup {args.warmup}: need length >= 1, 0 <= clean <= length, "
+                          "window >= 1, noise >= 0, 0 <= warmup < length")
     return args
 
 
@@ -104,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     write_text(out / "replay.json", json.dumps(result, indent=2))
     figure = replay_figure(result["windows"], result["settings"]["epsilon"], result["static_cost"])
     write_text(out / "replay.html", figure.to_html(include_plotlyjs="cdn"))
-    print(f"replayed {args.length} inputs: mean cost {result['mean_cost']:.3f} of dense (static backbone "
-          f"{result['static_cost']:.3f}), worst window loss {result['worst_loss']:.4f} (epsilon "
-          f"{result['settings']['epsilon']:.4f}) -> {out}/replay.html")
+    clean = "" if result["clean_cost"] is None else f", {result['clean_cost']:.3f} on the clean part"
+    print(f"replayed {args.length} inputs: mean cost {result['mean_cost']:.3f} of dense{clean} (static backbone "
+          f"{result['static_cost']:.3f}); worst loss over {args.window} inputs after {args.warmup}: "
+          f"{result['worst_loss']:.4f} (epsilon {result['settings']['epsilon']:.4f}) -> {out}/replay.html")
     return 0
 
 
@@ -135,13 +150,18 @@ def run_replay(args: argparse.Namespace) -> dict:
     runtime = DynamicRuntime(model, workload.model, **{**saved, "window": args.window, "seed": args.seed, **overrides})
     dense_flops = count_flops(workload.model, workload.example_inputs)
     static_cost = count_flops(model.backbone, workload.example_inputs) / dense_flops
-    windows = replay(runtime, noisy_stream(workload.test, args.length, args.clean, args.noise, args.seed))
-    total = sum(w["inputs"] for w in windows)
+    windows, disagreed = replay(runtime, noisy_stream(workload.test, args.length, args.clean, args.noise, args.seed))
+    clean = [w for w in windows if w["start"] + w["inputs"] <= args.clean]
     return {"settings": runtime.settings(), "static_cost": static_cost,
             "stream": {"split": "test", "length": args.length, "clean": args.clean, "noise": args.noise,
-                       "seed": args.seed},
-            "mean_cost": sum(w["cost"] for w in windows) / max(total, 1),
-            "worst_loss": max(w["disagreement_all"] for w in windows), "windows": windows}
+                       "seed": args.seed, "warmup": args.warmup},
+            "mean_cost": mean_cost(windows), "clean_cost": mean_cost(clean) if clean else None,
+            "worst_loss": worst_window(disagreed, args.window, args.warmup), "windows": windows}
+
+
+def mean_cost(windows: list[dict]) -> float:
+    """The mean cost per input over `windows` of the runtime's log."""
+    return sum(w["cost"] for w in windows) / max(sum(w["inputs"] for w in windows), 1)
 
 
 if __name__ == "__main__":

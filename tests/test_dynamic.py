@@ -7,9 +7,11 @@ import torch
 
 from dynamic import NEVER, EarlyExitModel
 from dynamic.runtime import DynamicRuntime
+from pruners import prune
 from search.dynamic import attach_exits, evaluate_dynamic, exit_costs, exit_feature_shapes, train_heads
 from search.measure import count_flops
 from search.replay import noisy_stream
+from search.training import train
 from search.workloads import Workload
 
 
@@ -71,6 +73,41 @@ def test_the_runtime_holds_the_loss_budget_on_a_stream_that_turns_noisy(exits: E
     log = runtime.log()
     assert sum(w["cost"] for w in log[:2]) / 2000 < costs[-1]
     assert sum(w["labelled"] for w in log) == len(stream) and sum(w["checks"] for w in log) > 200
+@pytest.fixture(scope="module")
+def pruned_exits(digits: Workload) -> EarlyExitModel:
+    """Exits on a channel-pruned backbone (0.68 of the FLOPs) that a noisy stream pulls far from the dense model."""
+    torch.manual_seed(0)
+    backbone = prune(digits.model, digits.example_inputs, method="channel", sparsity=0.3)
+    train(backbone, digits.train, epochs=2, lr=0.05, teacher=digits.model)
+    return train_heads(attach_exits(backbone, digits.example_inputs), digits.train, epochs=10, lr=0.05,
+                       teacher=digits.model)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_runtime_holds_the_budget_where_the_pruned_backbone_alone_cannot(
+        pruned_exits: EarlyExitModel, digits: Workload, seed: int) -> None:
+    """Noise growing to 1.0 makes the pruned backbone disagree with dense on up to half the inputs, so switching the
+    exits off is not enough: unsure answers checked more often, an alarm after a disagreement, and the fallback to the
+    dense model hold epsilon over every window of 1,000 after 200, while the clean part costs less than the static
+    backbone."""
+    epsilon, warmup, window = 0.03, 200, 1000
+    costs = exit_costs(pruned_exits, digits.example_inputs)
+    dense_cost = count_flops(digits.model, digits.example_inputs)
+    stream = noisy_stream(digits.test, 4000, clean=2000, noise=1.0, seed=seed)
+    runtime = DynamicRuntime(pruned_exits, digits.model, epsilon, exit_costs=costs, dense_cost=dense_cost,
+                             base_thresholds=[0.9, 0.9], window=window, seed=seed)
+    with torch.no_grad():
+        dense = [int(digits.model(x).argmax(1)) for x, _, _ in stream]
+        static = [int(pruned_exits.backbone(x).argmax(1)) != d for (x, _, _), d in zip(stream, dense)]
+        served = [int(runtime(x).argmax(1)) != d for (x, _, _), d in zip(stream, dense)]
+    starts = range(warmup, len(stream) - window + 1, 100)
+    assert max(sum(static[s:s + window]) / window for s in starts) > 5 * epsilon
+    assert max(sum(served[s:s + window]) / window for s in starts) <= epsilon
+    log = runtime.log()
+    assert sum(w["cost"] for w in log[:2]) / 2000 < costs[-1]
+    assert sum(w["fallbacks"] for w in log[:2]) < sum(w["fallbacks"] for w in log[2:])
+
+
 def test_the_runtime_saves_and_loads_with_its_model(exits: EarlyExitModel, digits: Workload, tmp_path) -> None:
     costs = exit_costs(exits, digits.example_inputs)
     runtime = DynamicRuntime(exits, digits.model, 0.02, exit_costs=costs, dense_cost=costs[-1])

@@ -55,6 +55,9 @@ def test_replay_serves_a_shifting_stream_and_the_report_plots_it(dynamic_run: Pa
     replayed = json.loads((dynamic_run / "replay" / "replay.json").read_text())
     assert [w["inputs"] for w in replayed["windows"]] == [100] * 6
     assert replayed["windows"][0]["noise"] == 0.0 and replayed["windows"][-1]["noise"] == pytest.approx(1.0)
+    clean = replayed["windows"][:3]  # the windows before the noise starts
+    assert replayed["clean_cost"] == pytest.approx(sum(w["cost"] for w in clean) / 300)
+    assert replayed["worst_loss"] >= max(w["disagreement_all"] for w in replayed["windows"][2:])
     assert (dynamic_run / "replay" / "replay.html").is_file()
     write_report(dynamic_run)
     assert "Replayed: 600 test inputs" in (dynamic_run / "report.md").read_text()
