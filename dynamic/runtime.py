@@ -2,12 +2,13 @@
 early exits take inputs, so that the loss over the stream stays within epsilon at the least cost (the seed's
 min sum_t C(G_t) s.t. sum_t L(G_t) <= epsilon).
 
-The loss it watches is disagreement with the dense model, checked on a sampled fraction of inputs (each check runs
-the dense model, and that cost is counted); disagreement bounds the accuracy lost against dense from above. Labels
-that arrive later (`observe_label`) are logged against the answers given. Control is a stochastic-approximation
-step on one scale that moves every head's threshold together:
-    threshold_k = 1 - (1 - base_k) * scale,   scale <- scale * exp(gain * (target - disagreed))
-which settles where the checked disagreement rate equals `target` (a margin under epsilon).
+The loss it watches is learnt from checks, a sampled fraction of inputs that the dense model also answers (that cost
+is counted): by default disagreement with dense, which needs no labels and bounds the accuracy lost from above; or
+(loss="accuracy") the accuracy lost against dense, learnt from the checked inputs as their labels arrive
+(`observe_label`, which also logs every answer given against its label). Control is a stochastic-approximation step
+on one scale that moves every head's threshold together:
+    threshold_k = 1 - (1 - base_k) * scale,   scale <- scale * exp(gain * (target - loss sample))
+which settles where the mean loss on checks equals `target` (a margin under epsilon).
 
 Under MIN_SCALE the heads are off, and where the pruned backbone alone still disagrees too often (inputs far from
 its training data) the scale goes on falling into a fallback tier (a cascade): an input whose backbone answer has a
@@ -16,10 +17,10 @@ holds for its checks anyway; depth runs from 0 at MIN_SCALE to 1 at ALL_TO_DENSE
 than softmax confidence, since a confidently wrong backbone saturates the confidence at 1.0 in float32. So the loss
 budget holds on any stream, at a cost up to backbone + dense on the hardest inputs.
 
-Checks are drawn at `sample_rate`, more often for unsure answers (UNSURE) and for a while after a disagreement
-(ALARM): a shift in the stream shows in the checks within tens of inputs rather than hundreds, and each extra check
-answers with the dense model. Agreements seen on those extra checks move the scale up by less (weighed by
-sample_rate over the check's chance), so they cannot loosen the exits faster than plain sampling would.
+Checks are drawn at `sample_rate`, more often for unsure answers (UNSURE) and for a while after a loss (ALARM): a
+shift in the stream shows in the checks within tens of inputs rather than hundreds, and each extra check answers
+with the dense model. Loss-free samples from those extra checks move the scale up by less (weighed by sample_rate
+over the check's chance), so they cannot loosen the exits faster than plain sampling would.
 """
 from __future__ import annotations
 
@@ -38,8 +39,9 @@ MIN_SCALE = 0.05  # under this scale no head takes an input: on inputs where the
 # noise), any threshold below 1 lets some through, so the controller switches the exits off
 ALL_TO_DENSE = MIN_SCALE * 1e-4  # at or under this scale the fallback tier sends every input to the dense model
 MARGIN = 2.0  # the fallback tier's logit margin at half depth
+LOSSES = {"disagreement": "disagreement with dense", "accuracy": "accuracy lost against dense"}  # name -> meaning
 UNSURE = 0.5  # an answer of confidence c is checked with UNSURE * (1 - c) more chance: unsure answers go to dense
-ALARM, ALARM_DECAY = 0.5, 0.98  # a disagreement raises the share checked by ALARM, decaying per input (half-life 34)
+ALARM, ALARM_DECAY = 0.5, 0.98  # a loss raises the share checked by ALARM, decaying per input (half-life 34)
 
 @dataclass
 class Window:
@@ -54,6 +56,8 @@ class Window:
     errors: int = 0  # answers given that missed a label that arrived
     exits: list[int] = field(default_factory=list)  # inputs taken per exit (the last: the backbone's output)
     fallbacks: int = 0  # inputs the fallback tier answered with the dense model
+    loss_samples: int = 0  # loss samples learnt from in this window (checks; under the accuracy loss, labelled ones)
+    loss_total: float = 0.0
     scale: float = 0.0  # the scale at the window's end
 
     @property
@@ -64,18 +68,27 @@ class Window:
     def disagreement(self) -> float | None:
         return self.disagreements / self.checks if self.checks else None
 
+    @property
+    def loss(self) -> float | None:
+        return self.loss_total / self.loss_samples if self.loss_samples else None
+
 
 class DynamicRuntime:
     """Serve `model` (an EarlyExitModel) one input at a time within `epsilon` of `dense`, adapting its thresholds.
 
     `exit_costs`: the cost of leaving at each exit (the last: the whole backbone), e.g. FLOPs, and `dense_cost`
     that of one check; `base_thresholds` the thresholds at scale 1 (the search's pick; default the model's own).
+    `loss`: "disagreement" with dense (needs no labels; bounds the accuracy lost from above) or "accuracy": the
+    accuracy lost against dense, learnt from checked inputs as their labels arrive (`observe_label`): the search's
+    own epsilon, looser than disagreement since many disagreements are inputs dense gets wrong too.
     """
 
     def __init__(self, model: EarlyExitModel, dense: nn.Module, epsilon: float, *, exit_costs: list[float],
                  dense_cost: float, base_thresholds: list[float] | None = None, sample_rate: float = 0.1,
                  margin: float = 0.5, gain: float = 2.0, scale: float = 0.5, max_scale: float = 2.0,
-                 window: int = 1000, seed: int = 0) -> None:
+                 window: int = 1000, loss: str = "disagreement", seed: int = 0) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"loss {loss!r} is not one of {', '.join(LOSSES)}")
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate {sample_rate} must be in (0, 1]: the runtime learns only from checks")
         if len(exit_costs) != len(model.exits) + 1:
@@ -87,11 +100,13 @@ class DynamicRuntime:
         self.base = [min(b, 1.0) for b in base]
         self.sample_rate, self.gain, self.max_scale, self.window = sample_rate, gain, max_scale, window
         self.scale = scale
-        self.alarm = 0.0  # the share checked beyond sample_rate after a disagreement, decaying
+        self.alarm = 0.0  # the share checked beyond sample_rate after a loss, decaying
         self.random = random.Random(seed)
         self.seen = 0
         self.windows: list[Window] = []
+        self.loss = loss
         self._answers: dict[int, int] = {}  # input number -> class answered, until its label arrives
+        self._checked: dict[int, tuple[int, int, float]] = {}  # checked input -> (model, dense answers, chance)
         self._apply()
 
     def _apply(self) -> None:
@@ -135,38 +150,57 @@ class DynamicRuntime:
                 reference = self.dense(x)
                 window.cost += self.dense_cost
             window.checks += 1
-            disagreed = int(reference.argmax(1).item() != logits.argmax(1).item())
-            window.disagreements += disagreed
-            self.alarm = min(1.0 - self.sample_rate, self.alarm + ALARM * disagreed)
-            step = self.gain * (self.target - disagreed)
-            if not disagreed:  # checks beyond sample_rate (unsure, alarm) must not speed the climb: weigh them down
-                step *= self.sample_rate / chance
-            self.scale = max(ALL_TO_DENSE, min(self.max_scale, self.scale * math.exp(step)))
-            self._apply()
+            answer, dense_answer = int(logits.argmax(1).item()), int(reference.argmax(1).item())
+            window.disagreements += int(answer != dense_answer)
+            if self.loss == "disagreement":
+                self._learn(window, float(answer != dense_answer), chance)
+            else:
+                self._checked[self.seen] = (answer, dense_answer, chance)
             logits = reference
         window.scale = self.scale
         self._answers[self.seen] = int(logits.argmax(1).item())
         self.seen += 1
         return logits
 
+    def _learn(self, window: Window, loss: float, chance: float) -> None:
+        """One loss sample from a check (1: the model's answer lost against dense; 0: it did not; -1, under the
+        accuracy loss: it was right where dense was wrong) moves the scale, and a loss raises the alarm."""
+        window.loss_samples += 1
+        window.loss_total += loss
+        if loss > 0:
+            self.alarm = min(1.0 - self.sample_rate, self.alarm + ALARM)
+        step = self.gain * (self.target - loss)
+        if loss <= 0:  # checks beyond sample_rate (unsure, alarm) must not speed the climb: weigh them down
+            step *= self.sample_rate / chance
+        self.scale = max(ALL_TO_DENSE, min(self.max_scale, self.scale * math.exp(step)))
+        self._apply()
+
     def observe_label(self, number: int, label: int) -> None:
-        """The label of input `number` (counted from 0) arrived: log whether the answer given was wrong."""
+        """The label of input `number` (counted from 0) arrived: log whether the answer given was wrong and, under
+        the accuracy loss, learn from it if the input was checked."""
         answer = self._answers.pop(number, None)
         if answer is None:
             return
         window = next((w for w in reversed(self.windows) if w.start <= number), self.windows[0])
         window.labelled += 1
         window.errors += int(answer != label)
+        checked = self._checked.pop(number, None)
+        if checked is not None:
+            model_answer, dense_answer, chance = checked
+            self._learn(window, float(int(model_answer != label) - int(dense_answer != label)), chance)
 
     def log(self) -> list[dict]:
-        """Per window: inputs, mean cost, checks, disagreement, errors against labels, exits taken, fallbacks, scale."""
-        return [{**asdict(w), "mean_cost": w.mean_cost, "disagreement": w.disagreement} for w in self.windows]
+        """Per window: inputs, mean cost, checks, disagreement, loss learnt, errors against labels, exits taken,
+        fallbacks, scale."""
+        return [{**asdict(w), "mean_cost": w.mean_cost, "disagreement": w.disagreement, "loss": w.loss}
+                for w in self.windows]
 
     def settings(self) -> dict:
         """What the runtime needs to be rebuilt on a loaded model (saved with the pick)."""
         return {"epsilon": self.epsilon, "exit_costs": self.exit_costs, "dense_cost": self.dense_cost,
                 "base_thresholds": self.base, "sample_rate": self.sample_rate, "margin": self.target / self.epsilon,
-                "gain": self.gain, "scale": self.scale, "max_scale": self.max_scale, "window": self.window}
+                "gain": self.gain, "scale": self.scale, "max_scale": self.max_scale, "window": self.window,
+                "loss": self.loss}
 
     def save(self, path: Path) -> None:
         """Write settings() as JSON (a search writes best/runtime.json beside a dynamic pick)."""

@@ -10,6 +10,7 @@ from typing import Any
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
+from dynamic.runtime import LOSSES
 from reports import formatting as fmt
 from reports.best import BestFiles
 from reports.plots import cost_accuracy_figure, exit_cost_figure, flops_latency_figure, replay_figure
@@ -316,9 +317,11 @@ def _dynamic_section(inputs: ReportInputs) -> Section | None:
         paragraphs.append(f"Replayed: {stream['length']} test inputs, the first {stream['clean']} clean, then noise "
                           f"growing to {stream['noise']:g}: mean cost {replay['mean_cost']:.3f} of dense{clean} "
                           f"(static backbone {replay['static_cost']:.3f}); worst loss over windows of "
-                          f"{replay['settings']['window']} inputs after the first {stream.get('warmup', 0)}: "
+                          f"{replay['settings']['window']} inputs after the first {stream.get('warmup', 0)} "
+                          f"({LOSSES[replay['settings'].get('loss', 'disagreement')]}): "
                           f"{replay['worst_loss']:.4f} against epsilon {replay['settings']['epsilon']:.4f}.")
-        figures.append(replay_figure(replay["windows"], replay["settings"]["epsilon"], replay["static_cost"]))
+        figures.append(replay_figure(replay["windows"], replay["settings"]["epsilon"], replay["static_cost"],
+                                     replay["settings"].get("loss", "disagreement")))
     return Section("Dynamic pick", paragraphs, Table(["path", "FLOPs ratio", "inputs"], rows), figures=figures)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from dynamic.runtime import LOSSES
 from reports import formatting as fmt
 from reports.records import RunInfo, TrialRecord
 
@@ -108,19 +109,20 @@ def flops_latency_figure(trials: list[TrialRecord], front: list[TrialRecord]) ->
     return figure
 
 
-def replay_figure(windows: list[dict], epsilon: float, static_cost: float) -> go.Figure:
-    """Mean cost per window against the pick's static backbone, and the loss (disagreement with dense) against
+def replay_figure(windows: list[dict], epsilon: float, static_cost: float, loss: str) -> go.Figure:
+    """Mean cost per window against the pick's static backbone, and the runtime's loss (a name in LOSSES) against
     epsilon."""
     starts = [w["start"] for w in windows]
     figure = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=(
-        "mean cost per input (ratio to dense FLOPs, dense checks included)", "loss: disagreement with dense"))
+        "mean cost per input (ratio to dense FLOPs, dense checks included)",
+        f"loss: {LOSSES[loss]}"))
     figure.add_trace(go.Scatter(x=starts, y=[w["mean_cost"] for w in windows], name="runtime cost",
                                 mode="lines+markers"), row=1, col=1)
     figure.add_hline(y=static_cost, line_dash="dash", annotation_text="static backbone", row=1, col=1)
-    figure.add_trace(go.Scatter(x=starts, y=[w["disagreement_all"] for w in windows], name="over every input",
-                                mode="lines+markers"), row=2, col=1)
-    figure.add_trace(go.Scatter(x=starts, y=[w["disagreement"] for w in windows], name="on the runtime's checks",
-                                mode="lines+markers"), row=2, col=1)
+    figure.add_trace(go.Scatter(x=starts, y=[w.get("loss_all", w["disagreement_all"]) for w in windows],
+                                name="over every input", mode="lines+markers"), row=2, col=1)
+    figure.add_trace(go.Scatter(x=starts, y=[w.get("loss", w["disagreement"]) for w in windows],
+                                name="on the runtime's checks", mode="lines+markers"), row=2, col=1)
     figure.add_trace(go.Scatter(x=starts, y=[w["noise"] for w in windows], name="noise strength (max in window)",
                                 mode="lines", line={"dash": "dot"}), row=2, col=1)
     figure.add_hline(y=epsilon, line_dash="dash", annotation_text="epsilon", row=2, col=1)

@@ -4,9 +4,10 @@ The pick is read from RUN_DIR/best (weights and exits files, loaded with weights
 settings (best/runtime.json); `--trial N` replays another dynamic trial, with the settings a pick would get.
 The stream: test images in order, the first --clean of them as they are, then Gaussian noise whose standard
 deviation grows linearly to --noise (in the inputs' normalised units); each label arrives after its answer.
-Per window the runtime logs its mean cost (a ratio to the dense model's FLOPs, dense checks included) and the
-disagreement it saw on its checks; the replay adds the disagreement with dense over every input, which the
-runtime itself never sees. Writes RUN_DIR/replay/replay.json and replay.html.
+Per window the runtime logs its mean cost (a ratio to the dense model's FLOPs, dense checks included) and the loss
+it learnt from its checks (disagreement with dense, or with --loss accuracy the accuracy lost against dense); the
+replay adds that loss over every input, which the runtime itself never sees, and the worst over sliding windows.
+Writes RUN_DIR/replay/replay.json and replay.html.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from dynamic import EarlyExitModel
-from dynamic.runtime import DynamicRuntime
+from dynamic.runtime import LOSSES, DynamicRuntime
 from reports import ReportError, load_records
 from reports.atomic import write_text
 from reports.best import BEST_RUNTIME, runtime_settings
@@ -56,28 +57,33 @@ def noisy_stream(loader: Batches, length: int, clean: int, noise: float, seed: i
 
 
 def replay(runtime: DynamicRuntime, stream: list[tuple[torch.Tensor, int, float]]) -> tuple[list[dict], list[int]]:
-    """Serve the stream through the runtime: its per-window log with the disagreement over every input and the
-    largest noise strength of the window added, and per input whether the answer served disagreed with dense."""
+    """Serve the stream through the runtime: its per-window log, with added the loss over every input (of the
+    runtime's kind: disagreement with dense, or accuracy lost against it), the disagreement over every input and
+    the largest noise strength of the window; and the loss per input."""
     disagreed: list[int] = []
+    lost: list[int] = []
     with torch.inference_mode():
         for number, (x, label, _) in enumerate(tqdm(stream, desc="stream", unit="input", leave=False)):
-            answer = int(runtime(x).argmax(1))
-            disagreed.append(int(answer != int(runtime.dense(x).argmax(1))))
+            answer, dense = int(runtime(x).argmax(1)), int(runtime.dense(x).argmax(1))
+            disagreed.append(int(answer != dense))
+            lost.append(int(answer != label) - int(dense != label))
             runtime.observe_label(number, label)
+    losses = disagreed if runtime.loss == "disagreement" else lost
     windows = runtime.log()
     for window in windows:
         span = range(window["start"], window["start"] + window["inputs"])
+        window["loss_all"] = sum(losses[i] for i in span) / max(len(span), 1)
         window["disagreement_all"] = sum(disagreed[i] for i in span) / max(len(span), 1)
         window["noise"] = max((stream[i][2] for i in span), default=0.0)
-    return windows, disagreed
+    return windows, losses
 
 
-def worst_window(disagreed: list[int], window: int, warmup: int) -> float:
-    """The largest disagreement rate over sliding windows of `window` inputs starting after `warmup` (in steps of a
-    tenth of a window); the whole stream after warm-up where it is shorter than a window."""
-    span = min(window, max(len(disagreed) - warmup, 1))
+def worst_window(losses: list[int], window: int, warmup: int) -> float:
+    """The largest mean loss over sliding windows of `window` inputs starting after `warmup` (in steps of a tenth of
+    a window); the whole stream after warm-up where it is shorter than a window."""
+    span = min(window, max(len(losses) - warmup, 1))
     step = max(span // 10, 1)
-    return max(sum(disagreed[s:s + span]) / span for s in range(warmup, max(len(disagreed) - span, warmup) + 1, step))
+    return max(sum(losses[s:s + span]) / span for s in range(warmup, max(len(losses) - span, warmup) + 1, step))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -92,6 +98,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None,
                         help="inputs before the worst loss is counted (default: 200, or a tenth of a shorter stream)")
     parser.add_argument("--epsilon", type=float, default=None, help="the loss budget (default: the run's)")
+    parser.add_argument("--loss", choices=list(LOSSES), default=None,
+                        help="the loss the runtime holds within epsilon: disagreement with dense, or accuracy lost "
+                             "against dense from labels (default: the saved runtime's)")
     parser.add_argument("--sample-rate", type=float, default=None,
                         help="share of inputs checked against the dense model (default: the saved runtime's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of the runtime's sampling")
@@ -116,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.run_dir / "replay"
     write_text(out / "replay.json", json.dumps(result, indent=2))
-    figure = replay_figure(result["windows"], result["settings"]["epsilon"], result["static_cost"])
+    figure = replay_figure(result["windows"], result["settings"]["epsilon"], result["static_cost"],
+                           result["settings"]["loss"])
     write_text(out / "replay.html", figure.to_html(include_plotlyjs="cdn"))
     clean = "" if result["clean_cost"] is None else f", {result['clean_cost']:.3f} on the clean part"
     print(f"replayed {args.length} inputs: mean cost {result['mean_cost']:.3f} of dense{clean} (static backbone "
@@ -131,7 +141,8 @@ def run_replay(args: argparse.Namespace) -> dict:
         raise ReplayError(f"{args.run_dir} holds no study.db: give the folder of a `python -m search.run` run")
     records = load_records(storage_url(args.run_dir))
     workload = run_workload(records.info.config)
-    overrides = {k: v for k, v in {"epsilon": args.epsilon, "sample_rate": args.sample_rate}.items() if v is not None}
+    overrides = {k: v for k, v in {"epsilon": args.epsilon, "sample_rate": args.sample_rate, "loss": args.loss}.items()
+                 if v is not None}
     if args.trial is None:
         settings = args.run_dir / "best" / BEST_RUNTIME
         if not settings.is_file():
@@ -150,13 +161,13 @@ def run_replay(args: argparse.Namespace) -> dict:
     runtime = DynamicRuntime(model, workload.model, **{**saved, "window": args.window, "seed": args.seed, **overrides})
     dense_flops = count_flops(workload.model, workload.example_inputs)
     static_cost = count_flops(model.backbone, workload.example_inputs) / dense_flops
-    windows, disagreed = replay(runtime, noisy_stream(workload.test, args.length, args.clean, args.noise, args.seed))
+    windows, losses = replay(runtime, noisy_stream(workload.test, args.length, args.clean, args.noise, args.seed))
     clean = [w for w in windows if w["start"] + w["inputs"] <= args.clean]
     return {"settings": runtime.settings(), "static_cost": static_cost,
             "stream": {"split": "test", "length": args.length, "clean": args.clean, "noise": args.noise,
                        "seed": args.seed, "warmup": args.warmup},
             "mean_cost": mean_cost(windows), "clean_cost": mean_cost(clean) if clean else None,
-            "worst_loss": worst_window(disagreed, args.window, args.warmup), "windows": windows}
+            "worst_loss": worst_window(losses, args.window, args.warmup), "windows": windows}
 
 
 def mean_cost(windows: list[dict]) -> float:

@@ -108,6 +108,31 @@ def test_the_runtime_holds_the_budget_where_the_pruned_backbone_alone_cannot(
     assert sum(w["fallbacks"] for w in log[:2]) < sum(w["fallbacks"] for w in log[2:])
 
 
+def test_under_the_accuracy_loss_the_runtime_holds_the_accuracy_lost_from_labels(
+        pruned_exits: EarlyExitModel, digits: Workload) -> None:
+    """loss="accuracy": each checked input's label, once it arrives, says whether the model's answer lost accuracy
+    against dense's. The backbone alone loses more than epsilon on the noisy part; the runtime holds it (at about
+    half of it on this stream)."""
+    epsilon, warmup, window = 0.01, 200, 1000
+    costs = exit_costs(pruned_exits, digits.example_inputs)
+    dense_cost = count_flops(digits.model, digits.example_inputs)
+    stream = noisy_stream(digits.test, 4000, clean=2000, noise=1.0, seed=0)
+    runtime = DynamicRuntime(pruned_exits, digits.model, epsilon, exit_costs=costs, dense_cost=dense_cost,
+                             base_thresholds=[0.9, 0.9], window=window, loss="accuracy")
+    static, served = [], []
+    with torch.no_grad():
+        for number, (x, label, _) in enumerate(stream):
+            dense_wrong = int(digits.model(x).argmax(1)) != label
+            static.append(int(int(pruned_exits.backbone(x).argmax(1)) != label) - int(dense_wrong))
+            served.append(int(int(runtime(x).argmax(1)) != label) - int(dense_wrong))
+            runtime.observe_label(number, label)
+    starts = range(warmup, len(stream) - window + 1, 100)
+    assert max(sum(static[s:s + window]) / window for s in starts) > epsilon
+    assert max(sum(served[s:s + window]) / window for s in starts) <= epsilon
+    log = runtime.log()
+    assert len(log) == 4 and sum(w["loss_samples"] for w in log) == sum(w["checks"] for w in log)
+
+
 def test_the_runtime_saves_and_loads_with_its_model(exits: EarlyExitModel, digits: Workload, tmp_path) -> None:
     costs = exit_costs(exits, digits.example_inputs)
     runtime = DynamicRuntime(exits, digits.model, 0.02, exit_costs=costs, dense_cost=costs[-1])
