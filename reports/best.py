@@ -1,5 +1,5 @@
-"""The best/ folder: copies of the pick's saved model (whole module, weights file, and a dynamic pick's exits file)
-and its policy, or no folder when there is no pick."""
+"""The best/ folder: copies of the pick's saved model (whole module, weights file, and a dynamic pick's exits file or
+an int8 pick's int8 file) and its policy, or no folder when there is no pick."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 
 from reports.atomic import copy_file, write_text
 from reports.records import TrialRecord
-from reports.run_files import confined_path, exits_path, weights_path
+from reports.run_files import confined_path, exits_path, int8_path, weights_path
 from reports.summary import to_json
 
 BEST_WEIGHTS = str(weights_path("model.pt"))  # best/model.weights.pt: the pick as tensors, safe to load
 BEST_EXITS = str(exits_path("model.pt"))  # best/model.exits.pt: a dynamic pick's heads and thresholds, tensors only
+BEST_INT8 = str(int8_path("model.pt"))  # best/model.int8.pt: an int8 pick's quantised tensors
 BEST_RUNTIME = "runtime.json"  # a dynamic pick's DynamicRuntime settings: dynamic.runtime.DynamicRuntime.load reads it
 
 
@@ -57,11 +58,11 @@ def write_best(run_dir: Path, best: TrialRecord | None, epsilon: float) -> BestF
         write_text(folder / BEST_RUNTIME, to_json(runtime))
     source = model_file(run_dir, best)
     if source is None:
-        for name in ("model.pt", BEST_WEIGHTS, BEST_EXITS):
+        for name in ("model.pt", BEST_WEIGHTS, BEST_EXITS, BEST_INT8):
             (folder / name).unlink(missing_ok=True)
         return BestFiles.MODEL_MISSING
     copy_file(source, folder / "model.pt")
-    for companion, name in ((weights_path, BEST_WEIGHTS), (exits_path, BEST_EXITS)):
+    for companion, name in ((weights_path, BEST_WEIGHTS), (exits_path, BEST_EXITS), (int8_path, BEST_INT8)):
         saved = confined_path(run_dir, str(companion(best.model_path or "")))
         if saved.is_file():  # a weights file is missing only in folders written before they existed
             copy_file(saved, folder / name)

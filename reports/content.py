@@ -18,15 +18,22 @@ from reports.records import RunInfo, TrialRecord
 from reports.selection import closest_to_epsilon, within_budget
 
 REASON_CHARS = 160
-LOAD_SNIPPET = """import json
+LOAD_SNIPPET = """from pathlib import Path
 import torch
-from search.model_files import rebuild
+from search.model_files import load_pruned
 
-policy = json.load(open("best/policy.json"))
-# tensors only, nothing unpickled: rebuilt on the dense model the run searched (your workload's model)
-model = rebuild(dense_model, torch.load("best/model.weights.pt", weights_only=True))
+# tensors only, nothing unpickled: rebuilt on the dense model the run searched (your workload's model), with a dynamic
+# pick's exits (best/model.exits.pt) or an int8 pick's quantised graph (best/model.int8.pt)
+model = load_pruned(Path("."), "best/model.pt", dense_model)
 # or the whole pruned nn.Module, a pickle: only from a folder you trust
-model = torch.load("best/model.pt", weights_only=False)"""
+model = torch.load("best/model.pt", weights_only=False)
+
+# files that need none of this package: python -m search.export . --format all writes export/trial-NNNNN.*
+import onnxruntime  # float or int8 (onnxruntime QDQ)
+logits = onnxruntime.InferenceSession("export/trial-NNNNN.onnx").run(None, {"input": x.numpy()})[0]
+logits = torch.export.load("export/trial-NNNNN.pt2").module()(x)  # float models
+state = torch.load("export/trial-NNNNN.state_dict.pt", weights_only=True)  # + trial-NNNNN.policy.json; loaded by
+# search.export.load_state_dict_export(path, workload, policy) into the policy's architecture"""
 
 
 @dataclass
@@ -233,12 +240,13 @@ def _pareto_section(inputs: ReportInputs) -> Section:
     other = sorted({b for r in inputs.front for b in (r.latency_by_batch or {}) if b != batch}, key=int)
     headers = ["trial", "label", "method", "val acc", "test acc", "loss", "cost ratio", "FLOPs ratio",
                "predicted latency ratio", f"latency ratio (batch {batch})",
-               *(f"latency ratio (batch {b})" for b in other), "params ratio", "note"]
+               *(f"latency ratio (batch {b})" for b in other), "params ratio", "size ratio", "note"]
     rows = [
-        [str(r.number), r.label or "search", r.method or fmt.MISSING, fmt.percent(r.accuracy),
+        [str(r.number), r.label or "search", fmt.model_kind(r), fmt.percent(r.accuracy),
          fmt.percent(r.test_accuracy), fmt.points(r.accuracy_loss), fmt.ratio(r.cost_ratio),
          _flops_ratio(r), fmt.ratio(r.predicted_latency_ratio), fmt.ratio(r.latency_ratio),
-         *(_batch_ratio(r, b) for b in other), fmt.ratio(r.params_ratio), _pareto_notes(r, inputs)]
+         *(_batch_ratio(r, b) for b in other), fmt.ratio(r.params_ratio), fmt.ratio(r.size_ratio),
+         _pareto_notes(r, inputs)]
         for r in inputs.front
     ]
     if not rows:
@@ -334,8 +342,9 @@ def _load_section(inputs: ReportInputs) -> Section:
     return Section(
         "Loading the pick",
         ["From the run folder: best/model.weights.pt holds only tensors and shapes, loaded with weights_only=True and "
-         "rebuilt on the dense model; best/model.pt holds the whole pruned nn.Module, a pickle that can run code: "
-         "load it only from a folder you trust."],
+         "rebuilt on the dense model (load_pruned); best/model.pt holds the whole pruned nn.Module, a pickle that can "
+         "run code: load it only from a folder you trust. search.export writes files that run without this package: "
+         "ONNX (onnxruntime), PT2 (torch.export; float models) and a state_dict with its policy."],
         code=LOAD_SNIPPET,
         code_language="python",
     )

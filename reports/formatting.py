@@ -66,6 +66,12 @@ def is_dynamic(method: str | None) -> bool:
     return method in available_methods() and get_method(method).dynamic
 
 
+def model_kind(record: TrialRecord) -> str:
+    """The method, with "+ int8" where the policy quantised the pruned model (search --quantize)."""
+    quantized = (record.policy or {}).get("quantize", "none") != "none"
+    return f"{record.method or MISSING} + int8" if quantized else record.method or MISSING
+
+
 def flops_name(method: str | None) -> str:
     """"nonzero FLOPs" for a masked model, "FLOPs" otherwise."""
     return "nonzero FLOPs" if is_masked(method) else "FLOPs"
@@ -86,5 +92,5 @@ def latency_flag(record: TrialRecord) -> str | None:
 
 def trial_name(record: TrialRecord) -> str:
     """E.g. "trial 12 (channel, baseline:uniform-50)"."""
-    tags = [t for t in (record.method, record.label) if t and t != "search"]
+    tags = [t for t in (model_kind(record) if record.method else None, record.label) if t and t != "search"]
     return f"trial {record.number}" + (f" ({', '.join(tags)})" if tags else "")

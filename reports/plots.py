@@ -17,12 +17,13 @@ def hover_text(record: TrialRecord) -> str:
     return "<br>".join(
         [
             f"trial {record.number} ({record.label or 'search'})",
-            f"method: {record.method or fmt.MISSING}",
+            f"method: {fmt.model_kind(record)}",
             f"val accuracy: {fmt.percent(record.accuracy)} (loss {fmt.points(record.accuracy_loss)})",
             f"cost ratio: {fmt.ratio(record.cost_ratio)}",
             f"FLOPs ratio: {fmt.ratio(record.flops_ratio)}",
             f"latency ratio: {fmt.ratio(record.latency_ratio)}",
             f"params ratio: {fmt.ratio(record.params_ratio)}",
+            f"size ratio: {fmt.ratio(record.size_ratio)}",
         ]
     )
 
@@ -85,8 +86,8 @@ def flops_latency_figure(trials: list[TrialRecord], front: list[TrialRecord]) ->
     if not measured:
         return None
     figure = go.Figure()
-    for method in sorted({t.method or fmt.MISSING for t in measured}):
-        group = [t for t in measured if (t.method or fmt.MISSING) == method]
+    for method in sorted({fmt.model_kind(t) for t in measured}):
+        group = [t for t in measured if fmt.model_kind(t) == method]
         figure.add_trace(go.Scatter(
             x=[t.flops_ratio for t in group], y=[t.latency_ratio for t in group],
             text=[hover_text(t) for t in group], hovertemplate=HOVER, mode="markers", name=method,

@@ -62,6 +62,7 @@ class TrialRecord:
     flops_ratio: float | None = None
     params_ratio: float | None = None
     latency_ratio: float | None = None
+    size_ratio: float | None = None
     model_path: str | None = None
     failure: str | None = None
     stopped_reason: str | None = None
@@ -173,6 +174,7 @@ def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = 
         flops_ratio=_float(attrs.get("flops_ratio")),
         params_ratio=_float(attrs.get("params_ratio")),
         latency_ratio=_float(attrs.get("latency_ratio")),
+        size_ratio=_float(attrs.get("size_ratio")),
         model_path=run_relative(attrs.get("model_path")),
         failure=_str(attrs.get("failure")),
         stopped_reason=_str(attrs.get("stopped_reason")),

@@ -1,5 +1,6 @@
 """Files of a run folder named by the study: every such path stays inside the folder, and each model file has its
-weights file beside it, and a dynamic model its exits file (search.model_files writes them)."""
+weights file beside it, a dynamic model its exits file and an int8 model its int8 file (search.model_files writes
+them)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,16 @@ def exits_path(model_path: str | Path) -> Path:
     return path.with_name(f"{path.stem}.exits.pt")
 
 
+def int8_path(model_path: str | Path) -> Path:
+    """The quantised state that goes with an int8 model's file: trials/00007/model.pt -> trials/00007/model.int8.pt."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.int8.pt")
+
+
 def saved_files(model_path: str | Path) -> list[Path]:
-    """Every file a saved model may have: the whole module, its weights file and (dynamic models) its exits file."""
-    return [Path(model_path), weights_path(model_path), exits_path(model_path)]
+    """Every file a saved model may have: the whole module, its weights file, and its exits file (dynamic models) or
+    int8 file (int8 models)."""
+    return [Path(model_path), weights_path(model_path), exits_path(model_path), int8_path(model_path)]
 
 
 def run_relative(value: Any) -> str | None:

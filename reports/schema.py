@@ -25,9 +25,10 @@ class Measured:
     # FLOPs of an input leaving at each exit (the last: no head took it) and how many validation inputs did.
     exit_flops: list[int] | None = None
     exit_counts: list[int] | None = None
+    size_ratio: float | None = None  # size_bytes over dense's (None in runs from before --cost size)
 
     def ratio(self, cost_metric: str) -> float:
-        """The ratio to dense in a run's cost metric (flops, latency or params)."""
+        """The ratio to dense in a run's cost metric (flops, latency, params or size)."""
         return float(getattr(self, f"{cost_metric}_ratio"))
 
     def to_attrs(self) -> dict[str, Any]:

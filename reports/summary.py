@@ -10,8 +10,8 @@ from optuna.trial import TrialState
 from reports.formatting import is_masked
 from reports.records import RunInfo, TrialRecord
 
-DENSE_KEYS = ("accuracy", "test_accuracy", "flops", "params", "latency_ms")
-DENSE_INT_KEYS = ("flops", "params")
+DENSE_KEYS = ("accuracy", "test_accuracy", "flops", "params", "latency_ms", "size_bytes")
+DENSE_INT_KEYS = ("flops", "params", "size_bytes")
 
 
 def model_entry(record: TrialRecord) -> dict[str, Any]:
@@ -31,6 +31,7 @@ def model_entry(record: TrialRecord) -> dict[str, Any]:
         "latency_ratio": record.latency_ratio,
         "params_ratio": record.params_ratio,
         "size_bytes": record.size_bytes,
+        "size_ratio": record.size_ratio,
         "latency_p90_ms": record.latency_p90_ms,
         "dense_latency_ms": record.dense_latency_ms,
         "search_accuracy": record.search_accuracy,

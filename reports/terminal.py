@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reports.formatting import is_dynamic
+from reports.formatting import is_dynamic, is_masked
 from reports.selection import TOLERANCE
 
 SLOW_RATIO = 0.95  # a pick at or above this latency ratio is not measurably faster than dense
@@ -69,6 +69,8 @@ def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
             ("nonzero FLOPs" if best.get("nonzero_flops") is not None else "FLOPs", _fmt_int(dense["flops"]),
              _fmt_int(best["flops"]), f"{best['flops_ratio']:.3f}x"),
             ("params", _fmt_int(dense["params"]), _fmt_int(best["params"]), f"{best['params_ratio']:.3f}x"),
+            *([("size", f"{dense['size_bytes'] / 1e3:,.0f} KB", f"{best['size_bytes'] / 1e3:,.0f} KB",
+                f"{best['size_ratio']:.3f}x")] if best.get("size_ratio") and dense.get("size_bytes") else []),
             ("latency p50", f"{best.get('dense_latency_ms') or dense['latency_ms']:.3f} ms",
              f"{best['latency_ms']:.3f} ms",
              f"{best['latency_ratio']:.3f}x (interleaved, batch {_search_batch(best)})"),
@@ -78,7 +80,8 @@ def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if best is not None:
         flops = "nonzero FLOPs" if best.get("nonzero_flops") is not None else "FLOPs"
-        lines.insert(1, f"Pick: trial {best['trial']} ({best['method']}, {best['label']}), "
+        int8 = " + int8" if (best.get("policy") or {}).get("quantize", "none") != "none" else ""
+        lines.insert(1, f"Pick: trial {best['trial']} ({best['method']}{int8}, {best['label']}), "
                         f"cost ratio {best['cost_ratio']:.3f} "
                         f"({pareto['cost_metric']}), {flops} ratio {best['flops_ratio']:.3f}, latency ratio "
                         f"{best['latency_ratio']:.3f}.")
@@ -90,10 +93,17 @@ def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
             lines.append("Warning: the pick is not measurably faster than dense: its early exits' per-call work "
                          "outweighs what they save on a network this fast at batch 1; use --cost latency, which "
                          "prices each exit by its measured time.")
-        elif best["latency_ratio"] >= SLOW_RATIO:
+        elif best["latency_ratio"] >= SLOW_RATIO and int8:
+            lines.append("Warning: the pick is not measurably faster than dense: its int8 kernels' quantise and "
+                         "dequantise steps outweigh what they save on a network this small at batch 1; use --cost "
+                         "latency for speed.")
+        elif best["latency_ratio"] >= SLOW_RATIO and is_masked(best["method"]):
             lines.append("Warning: the pick is not measurably faster than dense. Masked weights cut nonzero FLOPs but, "
                          "without sparse kernels, not time; search the default methods (channel, layer) or "
                          "use --cost latency for speed.")
+        elif best["latency_ratio"] >= SLOW_RATIO:
+            lines.append("Warning: the pick is not measurably faster than dense at this batch size; use --cost "
+                         "latency for speed.")
     else:
         lines.append(f"Why: {none_reason(pareto)}")
     for step, reason in (pareto.get("final_stage_errors") or {}).items():

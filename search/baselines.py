@@ -14,7 +14,7 @@ BASELINE_LABEL = "baseline:"  # the label prefix of a warm-start trial: baseline
 def baseline_points(space: SearchSpace) -> dict[str, dict[str, Any]]:
     """Uniform L1 channel pruning, Torch-Pruning's global group-L2 ranking and uniform magnitude, at the budget."""
     uniform = {"allocation": "shaped", "stream_share": 1.0, "depth_tilt": 0.0}
-    common = {"lr_scale": 1.0, "distill": 0.0, "target": space.budget}
+    common = {"lr_scale": 1.0, "distill": 0.0, "target": space.budget, **float_only(space)}
     points = {
         "uniform_l1": {"method": "channel", "criterion": "l1", "round_to": 1, "ranking": "per_group", **uniform,
                        **common},
@@ -37,8 +37,14 @@ def sensitivity_point(space: SearchSpace) -> dict[str, Any] | None:
         return None
     point = {"method": "channel", "criterion": "l2", "round_to": 1, "ranking": "per_group",
              "allocation": "sensitivity", "sensitivity_power": 1.0, "reconstruct": True, "lr_scale": 1.0,
-             "distill": 0.0, "target": space.budget}
+             "distill": 0.0, "target": space.budget, **float_only(space)}
     return {**point, "depth": 0.0} if space.blocks else point
+
+
+def float_only(space: SearchSpace) -> dict[str, Any]:
+    """The fixed choice that keeps a queued point in float where the space offers int8 (an enqueued trial's unset
+    parameters would be sampled)."""
+    return {"quantize": "none"} if space.quantize else {}
 
 
 def enqueue_baselines(study: optuna.Study, space: SearchSpace) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 from pruners import available_methods, default_methods, get_method
 from search.workloads.cache import default_cache_dir
 
-COST_METRICS = ("flops", "latency", "params")
+COST_METRICS = ("flops", "latency", "params", "size")
 SAMPLERS = ("tpe", "nsga2", "random")
 BACKENDS = ("optuna", "ray")
 DEVICES = ("cpu", "cuda")
@@ -58,6 +58,7 @@ class RunConfig:
     threads: int | None = None
     allow_weak_dense: bool = False  # search a dense model that scores near chance (normally refused)
     sensitivity: bool = True  # measure a new study's sensitivity map (search.sensitivity): 3 prunes per group
+    quantize: bool = False  # offer int8 post-training quantisation of each static point (search.quantize)
 
     def to_json(self) -> dict:
         """A JSON-friendly copy, stored with the study so a report shows what was run."""
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epsilon", type=_fraction("--epsilon", 0, 1, False, False), default=RunConfig.epsilon,
                         help="largest allowed drop in validation accuracy, absolute fraction; default 0.01 (one point)")
     parser.add_argument("--cost", choices=COST_METRICS, default=RunConfig.cost,
-                        help="what the budget bounds; default flops")
+                        help="what the budget bounds: FLOPs, measured latency, non-zero parameters, or size (bytes "
+                             "of the deployable model: int8 with --quantize); default flops")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated pruning methods to search over, of {', '.join(available_methods())} "
                              f"(default {','.join(DEFAULT_METHODS)}: runs faster with dense kernels, and removes "
@@ -183,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-sensitivity", dest="sensitivity", action="store_false",
                         help="skip the sensitivity map (each channel group pruned alone at 3 ratios and screened) "
                              "and the allocation it offers the search")
+    parser.add_argument("--quantize", action="store_true",
+                        help="also search int8 post-training quantisation of each pruned model (CPU, x86 kernels; "
+                             "calibrated on training images); pairs with --cost size or latency")
     return parser
 
 
@@ -194,9 +199,11 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
     if not methods or unknown:
         raise ConfigError(f"--methods: unknown method {', '.join(unknown) or '(none given)'}; "
                           f"choose from {', '.join(available_methods())}")
-    if args.cost == "params" and any(get_method(m).dynamic for m in methods):
-        raise ConfigError("--methods dynamic with --cost params: early exits save work per input, not weights; use "
-                          "--cost flops or --cost latency")
+    if args.cost in ("params", "size") and any(get_method(m).dynamic for m in methods):
+        raise ConfigError(f"--methods dynamic with --cost {args.cost}: early exits save work per input, not weights; "
+                          "use --cost flops or --cost latency")
+    if args.quantize and args.device != "cpu":
+        raise ConfigError(f"--quantize with --device {args.device}: the int8 kernels run on the CPU; use --device cpu")
     ray_flags = {"--address": args.address, "--workers": args.workers, "--cpus-per-trial": args.cpus_per_trial,
                  "--gpus-per-trial": args.gpus_per_trial, "--latency-on": args.latency_on}
     given = [flag for flag, value in ray_flags.items() if value is not None]
@@ -233,7 +240,7 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
         device=args.device, seed=args.seed,
         out=out, data_dir=args.data_dir, cache_dir=cache_dir,
         batch_size=args.batch_size, threads=args.threads, allow_weak_dense=args.allow_weak_dense,
-        sensitivity=args.sensitivity,
+        sensitivity=args.sensitivity, quantize=args.quantize,
     )
 
 

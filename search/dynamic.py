@@ -232,10 +232,11 @@ def measure_dynamic(exits: EarlyExitModel, workload: Workload, dense: DenseRefer
     stream = [inputs[i:i + 1] for inputs, _ in workload.val for i in range(len(inputs))][:STREAM_INPUTS]
     timing = compare_stream_latency({"dense": workload.model, "dynamic": exits}, stream, reference="dense",
                                     device=device, threads=threads)
-    params = count_params(exits, nonzero_only=True)
-    return Measured(flops=round(evaluation.mean_cost), params=params, size_bytes=model_size_bytes(exits),
+    params, size = count_params(exits, nonzero_only=True), model_size_bytes(exits)
+    return Measured(flops=round(evaluation.mean_cost), params=params, size_bytes=size,
                     latency_ms=timing["dynamic"]["mean_ms"], latency_p90_ms=timing["dynamic"]["p90_ms"],
                     dense_latency_ms=timing["dense"]["mean_ms"], flops_ratio=evaluation.mean_cost / dense.flops,
                     params_ratio=params / dense.params, latency_ratio=timing["dynamic"]["ratio"],
-                    predicted_latency_ratio=None, exit_flops=list(flops), exit_counts=evaluation.exit_counts)
+                    predicted_latency_ratio=None, exit_flops=list(flops), exit_counts=evaluation.exit_counts,
+                    size_ratio=size / dense.size_bytes)
 

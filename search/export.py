@@ -5,6 +5,11 @@ Formats:
 - pt2: torch.export's ExportedProgram (torch.export.load needs only torch), a dynamic batch axis.
 - state_dict: the tensors (torch.load with weights_only=True) and the policy beside them; the model is rebuilt by
   pruning the dense architecture with the policy (`rebuild_from_policy`), which needs this package.
+An int8 model (search --quantize): onnx is its float model quantised by onnxruntime (QDQ, per-channel int8 weights,
+calibrated on the same training images), checked against the float model within twice the product's own int8
+error and with the same top-1 answers; state_dict is the quantised graph's tensors, which
+search.quantize.quantized_like loads onto the policy's float architecture; pt2 is refused (torch.export cannot
+trace FX int8's packed weights in torch 2.14).
 Every export is checked before it is kept: the exported model's outputs on validation images must be allclose to the
 pruned model's, else nothing is written. Files go to RUN_DIR/export/trial-NNNNN.{onnx,pt2,state_dict.pt} (and
 trial-NNNNN.policy.json), or to --out. The model is read from the run folder's weights file (nothing unpickled).
@@ -27,6 +32,7 @@ from pruners import bake, prune
 from reports import ReportError, TrialRecord, load_records, select_best
 from reports.atomic import copy_file, write_text
 from search.model_files import load_pruned
+from search.quantize import CALIBRATION_BATCHES, Int8Model, quantized_like
 from search.run import configure_logging
 from search.study import storage_url
 from search.trial import calibration_options
@@ -42,6 +48,10 @@ CHECK_SAMPLES = 16  # validation images the exported model is checked on (batch 
 
 class ExportError(ValueError):
     """The model cannot be exported as asked, or the export did not reproduce it; the message says why."""
+
+
+class UnsupportedFormat(ExportError):
+    """This kind of model has no export in this format (a dynamic state_dict, an int8 pt2); --format all skips it."""
 
 
 def exported_trial(run_dir: Path, trial: int | None) -> tuple[TrialRecord, dict]:
@@ -77,25 +87,62 @@ def export_model(model: nn.Module, example_inputs: torch.Tensor, fmt: str, path:
         program = torch.export.export(model, (example_inputs,), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(path))
     elif fmt == "state_dict":
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, str(path))
+        torch.save(model.state_dict(), str(path))  # as it is: an int8 graph's loader reads the versions it holds
     else:
         raise ExportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     return path
 
 
-def run_exported(fmt: str, path: Path, inputs: torch.Tensor, rebuilt: nn.Module | None = None) -> torch.Tensor:
-    """The exported file's outputs on `inputs`: onnxruntime, torch.export.load, or the state_dict loaded into
-    `rebuilt` (the pruned architecture, rebuild_from_policy)."""
+def export_int8_onnx(model: Int8Model, workload: Workload, path: Path) -> Path:
+    """An int8 ONNX file of `model`: its float model exported, then quantised by onnxruntime (QDQ, per-channel int8
+    weights, uint8 activations) on the first CALIBRATION_BATCHES training batches, as search.quantize calibrates."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = (batch for _, batch in zip(range(CALIBRATION_BATCHES), workload.train))
+
+        def get_next(self) -> dict | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch[0].cpu().numpy()}
+
+    float_path = export_model(model.float_model, workload.example_inputs, "onnx", path.with_suffix(".float.onnx"))
+    prepared = path.with_suffix(".prepared.onnx")
+    quant_pre_process(str(float_path), str(prepared))  # shape inference and graph clean-up onnxruntime asks for
+    quantize_static(str(prepared), str(path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return path
+
+
+def run_exported(fmt: str, path: Path, inputs: torch.Tensor, loaded: nn.Module | None = None) -> torch.Tensor:
+    """The exported file's outputs on `inputs`: onnxruntime, torch.export.load, or a state_dict export `loaded`
+    (load_state_dict_export)."""
     if fmt == "onnx":
         import onnxruntime
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: inputs.numpy()})[0])
     if fmt == "pt2":
         return torch.export.load(str(path)).module()(inputs)
-    if rebuilt is None:
-        raise ExportError("a state_dict export needs the pruned architecture to load into (rebuild_from_policy)")
-    rebuilt.load_state_dict(torch.load(str(path), weights_only=True), strict=True)
-    return rebuilt.eval()(inputs)
+    if loaded is None:
+        raise ExportError("a state_dict export runs once loaded into its architecture (load_state_dict_export)")
+    return loaded(inputs)
+
+
+def load_state_dict_export(path: Path, workload: Workload, policy: dict[str, Any]) -> nn.Module:
+    """A state_dict export loaded (weights_only=True) into the policy's architecture: the pruned float model, or for an
+    int8 policy its quantised graph (search.quantize.quantized_like)."""
+    state = torch.load(str(path), weights_only=True)
+    model = rebuild_from_policy(workload, policy)
+    if Policy.from_json(policy).quantize == "int8":
+        return quantized_like(model, workload.example_inputs, state)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def rebuild_from_policy(workload: Workload, policy: dict[str, Any]) -> nn.Module:
@@ -109,15 +156,26 @@ def rebuild_from_policy(workload: Workload, policy: dict[str, Any]) -> nn.Module
 
 def check_export(model: nn.Module, fmt: str, path: Path, workload: Workload, policy: dict[str, Any]) -> float:
     """The largest absolute difference between the exported file's outputs and the model's on validation images (one
-    alone, then a batch); ExportError beyond RTOL/ATOL."""
+    alone, then a batch); ExportError beyond RTOL/ATOL. An int8 ONNX file (onnxruntime's own quantisation) is held
+    to the float model instead: within twice the int8 model's own largest error, and the same top-1 answers but for
+    at most one in CHECK_SAMPLES."""
     images = next(iter(workload.val))[0][:CHECK_SAMPLES]
-    rebuilt = rebuild_from_policy(workload, policy) if fmt == "state_dict" else None  # pruning needs autograd on
+    loaded = load_state_dict_export(path, workload, policy) if fmt == "state_dict" else None  # prunes: autograd on
+    requantised = isinstance(model, Int8Model) and fmt == "onnx"
     worst = 0.0
     for inputs in (images[:1], images):
         with torch.inference_mode():
             expected = model.eval()(inputs)
-            got = run_exported(fmt, path, inputs, rebuilt)
-        if got.shape != expected.shape or not torch.allclose(got, expected, rtol=RTOL, atol=ATOL):
+            got = run_exported(fmt, path, inputs, loaded)
+            if requantised:  # held to the float model, as the int8 model itself is
+                reference = model.float_model(inputs)
+                bound, expected = 2 * float((expected - reference).abs().max()) + ATOL, reference
+        if got.shape == expected.shape and requantised:
+            close = float((got - expected).abs().max()) <= bound and int(
+                (got.argmax(1) != expected.argmax(1)).sum()) <= len(inputs) // CHECK_SAMPLES
+        else:
+            close = got.shape == expected.shape and torch.allclose(got, expected, rtol=RTOL, atol=ATOL)
+        if not close:
             raise ExportError(f"the {fmt} export does not reproduce the model (outputs {tuple(got.shape)} against "
                               f"{tuple(expected.shape)} on a batch of {len(inputs)}); nothing written")
         worst = max(worst, float((got - expected).abs().max()))
@@ -130,12 +188,21 @@ def export_trial(run_dir: Path, fmt: str, trial: int | None = None, out: Path | 
     workload = run_workload(config)
     model = load_pruned(run_dir, record.model_path or "", workload.model)
     if isinstance(model, EarlyExitModel) and fmt == "state_dict":
-        raise ExportError(f"trial {record.number} is dynamic (early exits): export it as onnx or pt2 (its batch "
-                          "path), or load best/model.weights.pt with best/model.exits.pt (search.model_files)")
+        raise UnsupportedFormat(f"trial {record.number} is dynamic (early exits): export it as onnx or pt2 (its "
+                                "batch path), or load best/model.weights.pt with best/model.exits.pt "
+                                "(search.model_files)")
+    int8 = isinstance(model, Int8Model)
+    if int8 and fmt == "pt2":
+        raise UnsupportedFormat(f"trial {record.number} is int8: torch.export cannot trace FX int8's packed weights "
+                                "(torch 2.14); export it as onnx (onnxruntime int8) or state_dict")
     stem = f"trial-{record.number:05d}"
     target = out or run_dir / "export" / f"{stem}{SUFFIXES[fmt]}"
     with tempfile.TemporaryDirectory() as scratch:
-        written = export_model(model, workload.example_inputs, fmt, Path(scratch) / f"{stem}{SUFFIXES[fmt]}")
+        path = Path(scratch) / f"{stem}{SUFFIXES[fmt]}"
+        if int8 and fmt == "onnx":
+            written = export_int8_onnx(model, workload, path)
+        else:
+            written = export_model(model.quantized if int8 else model, workload.example_inputs, fmt, path)
         difference = check_export(model, fmt, written, workload, record.policy or {})
         copy_file(written, target)
     if fmt == "state_dict":
@@ -162,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
         for fmt in FORMATS if args.format == "all" else (args.format,):
-            print(export_trial(args.run_dir, fmt, args.trial, args.out))
+            try:
+                print(export_trial(args.run_dir, fmt, args.trial, args.out))
+            except UnsupportedFormat as skipped:
+                if args.format != "all":
+                    raise
+                log.warning("%s: skipped (%s)", fmt, skipped)
     except (ExportError, ReportError, WorkloadError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ from search.config import RunConfig
 from search.dynamic import make_dynamic
 from search.measure.latency_table import LatencyTable
 from search.model_files import load_pruned, save_pruned
+from search.quantize import quantize_int8
 from search.recover import recover
 from search.reference import DenseReference, measure_against_dense
 from search.study import record_by_trial, record_test_accuracy, storage_url
@@ -50,8 +51,8 @@ class FinalModel:
 
 def retrained(record: TrialRecord, workload: Workload, config: RunConfig) -> tuple[nn.Module, float]:
     """Re-prune a trial from its policy and recover it for config.final_epochs (distilling from dense with at least
-    FINAL_DISTILL), seeded by its policy, a dynamic one's exits trained as long; returns the baked model and its
-    validation accuracy."""
+    FINAL_DISTILL), seeded by its policy, a dynamic one's exits trained as long, an int8 one quantised; returns the
+    baked model and its validation accuracy."""
     torch.manual_seed(point_seed(config.seed, record.policy))
     policy = Policy.from_json(record.policy)
     model = prune(workload.model, workload.example_inputs, **policy.prune_kwargs(),
@@ -59,6 +60,9 @@ def retrained(record: TrialRecord, workload: Workload, config: RunConfig) -> tup
     recovery = recover(model, workload, epochs=config.final_epochs, lr=policy.finetune_lr, device=config.device,
                        distill=max(policy.distill, FINAL_DISTILL), temperature=policy.distill_temperature)
     model = bake(model.cpu().eval())
+    if policy.quantize == "int8":
+        model = quantize_int8(model, workload.example_inputs, workload.calibration)
+        return model, evaluate(model, workload.val)
     if not get_method(policy.method).dynamic:
         return model, recovery.accuracy
     model = make_dynamic(model, workload, policy, config, epochs=config.final_epochs)
@@ -144,7 +148,7 @@ def _finetuned(study: optuna.Study, ctx: TrialContext, record: TrialRecord, allo
                  record.accuracy, final.accuracy, entry["seconds"])
     else:
         relative = final_model_path(record.number)
-        save_pruned(final.model, ctx.run_dir / relative)
+        save_pruned(final.model, ctx.run_dir / relative, ctx.workload.input_shape)
         entry = {"epochs": config.final_epochs, "kept": "final", "accuracy": final.accuracy,
                  "accuracy_loss": ctx.dense.accuracy - final.accuracy, "test_accuracy": final.test_accuracy,
                  **final.measured.to_attrs(), "cost_ratio": final.measured.ratio(config.cost), "model_path": relative,

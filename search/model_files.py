@@ -5,7 +5,9 @@ the product never unpickles it), and its weights file beside it, which holds onl
 attributes of every module and the names of modules replaced by nn.Identity. The product rebuilds a model from the
 weights file on a copy of the dense model, loaded with `weights_only=True`, from a path confined to the run folder.
 A dynamic model (early exits) is its backbone, saved so, and an exits file beside it (the exit points, each head's
-width, the thresholds and the heads' tensors), read back the same safe way.
+width, the thresholds and the heads' tensors), read back the same safe way. An int8 model is its float model, saved
+so, and an int8 file beside it (the quantised graph's tensors: int8 weights, scales, zero points, and the input
+shape it was traced with), rebuilt by search.quantize.quantized_like.
 """
 from __future__ import annotations
 
@@ -19,10 +21,12 @@ from torch import nn
 
 from dynamic import EarlyExitModel, exit_head
 from reports.atomic import write_bytes
-from reports.run_files import ReportError, confined_path, exits_path, weights_path
+from reports.run_files import ReportError, confined_path, exits_path, int8_path, weights_path
+from search.quantize import Int8Model, quantized_like
 
 FORMAT = "prune-search-weights/1"
 EXITS_FORMAT = "prune-search-exits/1"
+INT8_FORMAT = "prune-search-int8/1"
 # The module attributes that hold a pruned shape; torch-pruning updates these when it removes channels or heads.
 SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
                "num_channels", "num_groups", "normalized_shape", "embed_dim", "num_heads", "kdim", "vdim", "head_dim")
@@ -32,16 +36,24 @@ class ModelFileError(ReportError):
     """A saved model cannot be read back safely: outside the run folder, another format, or another architecture."""
 
 
-def save_pruned(model: nn.Module, path: Path) -> None:
+def save_pruned(model: nn.Module, path: Path, input_shape: tuple[int, ...] | None = None) -> None:
     """Write `model` as the whole module at `path` and as its weights file beside it (a dynamic model: its backbone's,
-    and its exits file), each atomically."""
+    and its exits file; an int8 model: its float model's, and its int8 file, which needs the `input_shape` it was
+    traced with), each atomically."""
     write_bytes(path, _saved_bytes(model))
     backbone = model.backbone if isinstance(model, EarlyExitModel) else model
+    backbone = backbone.float_model if isinstance(backbone, Int8Model) else backbone
     write_bytes(weights_path(path), _saved_bytes(weights_of(backbone)))
+    for kind, extra in ((EarlyExitModel, exits_path(path)), (Int8Model, int8_path(path))):
+        if not isinstance(model, kind):
+            extra.unlink(missing_ok=True)
     if isinstance(model, EarlyExitModel):
         write_bytes(exits_path(path), _saved_bytes(exits_of(model)))
-    else:
-        exits_path(path).unlink(missing_ok=True)
+    if isinstance(model, Int8Model):
+        if input_shape is None:
+            raise ValueError("saving an int8 model needs the input_shape it was traced with")
+        write_bytes(int8_path(path), _saved_bytes({"format": INT8_FORMAT, "input_shape": list(input_shape),
+                                                   "state_dict": model.quantized.state_dict()}))
 
 
 def exits_of(model: EarlyExitModel) -> dict[str, Any]:
@@ -74,7 +86,19 @@ def load_pruned(run_dir: Path, model_path: str, dense: nn.Module) -> nn.Module:
         raise FileNotFoundError(f"{path} is missing")
     backbone = rebuild(dense, _read(path, FORMAT))
     exits = confined_path(run_dir, str(exits_path(model_path)))
-    return with_exits(backbone, _read(exits, EXITS_FORMAT)) if exits.is_file() else backbone
+    if exits.is_file():
+        return with_exits(backbone, _read(exits, EXITS_FORMAT))
+    int8 = confined_path(run_dir, str(int8_path(model_path)))
+    return with_int8(backbone, _read(int8, INT8_FORMAT)) if int8.is_file() else backbone
+
+
+def with_int8(model: nn.Module, saved: dict[str, Any]) -> Int8Model:
+    """The float `model` quantised as an int8 file (save_pruned's) says; ModelFileError where it does not fit."""
+    try:
+        example = torch.zeros([int(size) for size in saved["input_shape"]])
+        return quantized_like(model, example, saved["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"the int8 file does not fit the model: {str(error).splitlines()[0]}") from None
 
 
 def with_exits(backbone: nn.Module, saved: dict[str, Any]) -> EarlyExitModel:

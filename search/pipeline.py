@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import shutil
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -67,7 +68,8 @@ def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None 
                               count_flops(workload.model, workload.example_inputs), methods, config.budget,
                               workload.finetune_lr, config.target_floor, round_to,
                               table.dense_layer_ms() if table is not None and config.cost == "latency" else None)
-    space = with_sensitivity(study, space, workload, config.device, measure=config.sensitivity)
+    space = replace(with_sensitivity(study, space, workload, config.device, measure=config.sensitivity),
+                    quantize=config.quantize)
     record_run_attrs(study, {
         "workload": config.workload, "cost_metric": config.cost, "budget": config.budget, "epsilon": config.epsilon,
         "input_shape": workload.input_shape, "dense": dense.to_json(), "config": config.to_json(),

@@ -12,6 +12,7 @@ from reports.schema import Measured
 from search.dynamic import measure_dynamic
 from search.measure import compare_latency, count_flops, count_params, latency, model_size_bytes
 from search.measure.latency_table import LatencyTable
+from search.quantize import Int8Model
 from search.training import evaluate
 from search.workloads import Workload
 
@@ -72,16 +73,22 @@ def measure_against_dense(model: nn.Module, workload: Workload, dense: DenseRefe
     latency ratio the `table` predicts (when there is one).
 
     Latency is timed interleaved with the dense model in this process, so the ratio holds on a noisy machine. A dynamic
-    model (early exits) is measured per input over the validation split (search.dynamic.measure_dynamic).
+    model (early exits) is measured per input over the validation split (search.dynamic.measure_dynamic). An int8
+    model is timed and sized as it runs, quantised; its FLOPs and parameters are its float model's (the same
+    multiply-accumulates, in int8), and the latency table, which models float layers, predicts nothing for it.
     """
     if isinstance(model, EarlyExitModel):
         return measure_dynamic(model, workload, dense, device=device, threads=threads)
-    flops = count_flops(model, workload.example_inputs)
-    params = count_params(model, nonzero_only=True)
+    int8 = isinstance(model, Int8Model)
+    counted = model.float_model if int8 else model
+    flops = count_flops(counted, workload.example_inputs)
+    params = count_params(counted, nonzero_only=True)
+    size = model_size_bytes(model.quantized if int8 else model)
     timing = compare_latency({"dense": workload.model, "pruned": model}, workload.example_inputs, reference="dense",
                              device=device, threads=threads, batch_size=batch_size)
-    return Measured(flops=flops, params=params, size_bytes=model_size_bytes(model),
+    return Measured(flops=flops, params=params, size_bytes=size,
                     latency_ms=timing["pruned"]["p50_ms"], latency_p90_ms=timing["pruned"]["p90_ms"],
                     dense_latency_ms=timing["dense"]["p50_ms"], flops_ratio=flops / dense.flops,
                     params_ratio=params / dense.params, latency_ratio=timing["pruned"]["ratio"],
-                    predicted_latency_ratio=None if table is None else table.predict_model_ratio(model))
+                    predicted_latency_ratio=None if table is None or int8 else table.predict_model_ratio(model),
+                    size_ratio=size / dense.size_bytes)

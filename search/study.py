@@ -22,7 +22,7 @@ INTERRUPTED = "interrupted before it finished"
 # A resumed run must be the same search: these settings may not change between runs in one folder, or the new
 # trials would be measured against another dense model, split, fidelity, space or timing setup than the old ones.
 FIXED_SETTINGS = ("workload", "cost", "budget", "epsilon", "seed", "finetune_epochs", "methods", "target_floor",
-                  "data_dir", "device", "batch_size", "threads")
+                  "data_dir", "device", "batch_size", "threads", "quantize")
 
 
 class ResumeError(ValueError):

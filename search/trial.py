@@ -20,9 +20,10 @@ from pruners import bake, get_method, needs_calibration
 from search.config import RunConfig
 from search.dynamic import make_dynamic
 from search.fit import fit_to_target
-from search.measure import compare_latency, count_flops, count_params
+from search.measure import compare_latency, count_flops, count_params, model_size_bytes
 from search.measure.latency_table import LatencyTable
 from search.model_files import save_pruned
+from search.quantize import int8_structure, quantize_int8
 from search.recover import ScreenedOut, recover
 from search.reference import DenseReference, measure_against_dense
 from search.screening import stop_below
@@ -47,9 +48,14 @@ FIT_LATENCY_REPEATS = 20  # per bisection step, when no latency table models the
 
 
 def fitting_ratio(workload: Workload, dense: DenseReference, config: RunConfig,
-                  table: LatencyTable | None = None) -> Callable[[nn.Module], float]:
-    """The ratio a point is fitted on, in the run's cost metric: parameters, FLOPs, or latency predicted by the
-    table (timed interleaved with dense, quickly, where no table models the network: noisier and slower)."""
+                  table: LatencyTable | None = None, quantize: str = "none") -> Callable[[nn.Module], float]:
+    """The ratio a point is fitted on, in the run's cost metric: parameters, FLOPs, bytes (of an int8 point's
+    quantised graph, uncalibrated: the same bytes), or latency predicted by the table (timed interleaved with dense,
+    quickly, where no table models the network: noisier and slower)."""
+    if config.cost == "size" and quantize == "int8":
+        return lambda model: model_size_bytes(int8_structure(model, workload.example_inputs)) / dense.size_bytes
+    if config.cost == "size":
+        return lambda model: model_size_bytes(model) / dense.size_bytes
     if config.cost == "params":
         return lambda model: count_params(model, nonzero_only=True) / dense.params
     if config.cost == "latency" and table is not None:
@@ -94,7 +100,8 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     extra = calibration_options(workload, params["method"], params.get("criterion", ""), params)
     target = ctx.space.backbone_target(params, params.get("target", config.budget))  # a dynamic point's exits cut more
     fitted = fit_to_target(workload.model, workload.example_inputs, ctx.space, params, target,
-                           fitting_ratio(workload, dense, config, ctx.latency_table), label, extra)
+                           fitting_ratio(workload, dense, config, ctx.latency_table, params.get("quantize", "none")),
+                           label, extra)
     model, policy = fitted.model, fitted.policy
     fit_seconds = time.perf_counter() - started
     over_budget = fitted.ratio > ctx.space.backbone_target(params, config.budget)
@@ -118,12 +125,15 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     if dynamic:
         model = make_dynamic(model, workload, policy, config, epochs=config.finetune_epochs)
         accuracy = evaluate(model, workload.val, config.device)
+    if policy.quantize == "int8":
+        model = quantize_int8(model, workload.example_inputs, workload.calibration)
+        accuracy = evaluate(model, workload.val)
     if not math.isfinite(accuracy):
         raise FloatingPointError("validation accuracy is not a number")
     measured = measure_against_dense(model, workload, dense, device=config.device, threads=config.threads,
                                      batch_size=config.batch_size, table=ctx.latency_table)
     relative = model_path(number)
-    save_pruned(model, ctx.run_dir / relative)
+    save_pruned(model, ctx.run_dir / relative, workload.input_shape)
     return {
         "policy": policy.to_json(), "method": policy.method, "label": label,
         "accuracy": accuracy, "accuracy_loss": dense.accuracy - accuracy,

@@ -11,8 +11,9 @@ class Policy:
 
     `group_sparsity` keeps the per-group knobs the space searched (for reading); `sparsity` is what prune() takes.
     `finetune_lr` is the recovery learning rate and `distill` the weight of distillation from the dense model in
-    its loss (0: plain cross-entropy), at temperature `distill_temperature`; `label` marks warm-start baselines
-    ("search" otherwise).
+    its loss (0: plain cross-entropy), at temperature `distill_temperature`; `quantize` is "int8" where the
+    recovered model is quantised after training (search.quantize), "none" otherwise; `label` marks warm-start
+    baselines ("search" otherwise).
     """
 
     method: str
@@ -24,6 +25,7 @@ class Policy:
     label: str = "search"
     distill: float = 0.0
     distill_temperature: float = 4.0
+    quantize: str = "none"
 
     def prune_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for pruners.prune (model and example inputs aside)."""

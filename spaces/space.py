@@ -31,6 +31,7 @@ DISTILL = (0.0, 0.5, 0.9)  # weight of distillation from the dense model in the 
 DISTILL_TEMPERATURE = (2.0, 4.0, 8.0)  # softening of both models' outputs in the distillation term (where it is on)
 MAX_EXITS = 3  # dynamic: early exits offered, at most (spread over the network's stage outputs)
 EXIT_SHARE = (0.2, 1.0)  # dynamic: the exits' share of the cost cut, in log space (1: the backbone stays whole)
+QUANTIZATIONS = ("none", "int8")  # a point's `quantize` choices with --quantize (search.quantize does the int8 one)
 
 
 class SpaceError(ValueError):
@@ -60,6 +61,7 @@ class SearchSpace:
     block_share: float = 0.0  # mean share of the dense cost (FLOPs, or time with --cost latency) in one removable block
     sensitivity: dict[str, float] | None = None  # group -> FLOPs saved per accuracy lost, pruned alone (measured)
     exit_choices: tuple[int, ...] = ()  # dynamic: how many early exits a point may have (the network's stage outputs)
+    quantize: bool = False  # whether a static point may be quantised to int8 after recovery (--quantize)
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs: torch.Tensor, layer_flops: dict[str, int], total_flops: int,
@@ -103,6 +105,8 @@ class SearchSpace:
         params["distill"] = trial.suggest_categorical("distill", list(DISTILL))
         if params["distill"] > 0:
             params["temperature"] = trial.suggest_categorical("temperature", list(DISTILL_TEMPERATURE))
+        if self.quantize and not traits.dynamic:
+            params["quantize"] = trial.suggest_categorical("quantize", list(QUANTIZATIONS))
         if traits.knob == "pattern":
             params["pattern"] = trial.suggest_categorical("pattern", self.nm_patterns())
             return params
@@ -165,7 +169,8 @@ class SearchSpace:
         traits = get_method(method)
         recipe = {"finetune_lr": self.base_lr * params.get("lr_scale", 1.0), "label": label,
                   "distill": float(params.get("distill", 0.0)),
-                  "distill_temperature": float(params.get("temperature", DISTILL_TEMPERATURE[1]))}
+                  "distill_temperature": float(params.get("temperature", DISTILL_TEMPERATURE[1])),
+                  "quantize": str(params.get("quantize", QUANTIZATIONS[0]))}
         criterion = params.get("criterion", traits.criteria[0])
         if traits.knob == "pattern":
             n, m = (int(v) for v in params["pattern"].split(":"))

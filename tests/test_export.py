@@ -1,5 +1,6 @@
 """`python -m search.export` on a digits-cnn run: every Pareto model in the three formats, each file checked against
-the pruned model, and the ONNX and PT2 files loaded and run where none of this package can be imported."""
+the pruned model, and the ONNX and PT2 files loaded and run where none of this package can be imported; the int8
+models of a --quantize run as onnxruntime int8 and as a state_dict."""
 from __future__ import annotations
 
 import json
@@ -11,8 +12,8 @@ import pytest
 import torch
 
 from search.config import parse_config
+from search.export import load_state_dict_export, rebuild_from_policy
 from search.export import main as export_main
-from search.export import rebuild_from_policy
 from search.model_files import load_pruned
 from search.pipeline import finish, prepare, run_backend
 from search.workloads import Workload
@@ -32,6 +33,15 @@ pt2_out = torch.export.load(sys.argv[3]).module()(case["inputs"])
 for out in (onnx_out, pt2_out):
     assert torch.allclose(out, case["expected"], rtol=1e-3, atol=1e-4), (out - case["expected"]).abs().max()
 print("standalone ok")
+"""
+INT8_STANDALONE = """
+import sys
+for name in {packages!r}:
+    sys.modules[name] = None
+import onnxruntime, torch
+inputs = torch.load(sys.argv[1], weights_only=True)
+session = onnxruntime.InferenceSession(sys.argv[2], providers=["CPUExecutionProvider"])
+torch.save(torch.from_numpy(session.run(None, {{session.get_inputs()[0].name: inputs.numpy()}})[0]), sys.argv[3])
 """
 
 
@@ -77,3 +87,41 @@ def test_export_defaults_to_the_pick_and_refuses_a_missing_trial(run_dir: Path,
     assert (run_dir / "export" / f"trial-{best['trial']:05d}.onnx").is_file()
     assert export_main([str(run_dir), "--trial", "999"]) == 2
     assert "--trial 999" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def int8_run(digits: Workload, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = parse_config([*RUN, "--quantize", "--cost", "size", "--budget", "0.4", "--trials", "6",
+                           "--out", str(tmp_path_factory.mktemp("int8") / "run")])
+    study, ctx = prepare(config, digits)
+    run_backend(study, ctx)
+    finish(study, ctx, show=False)
+    return config.out
+
+
+def test_int8_pareto_models_ship_as_onnxruntime_int8_and_as_a_state_dict(int8_run: Path, digits: Workload,
+                                                                         tmp_path: Path) -> None:
+    pareto = json.loads((int8_run / "pareto.json").read_text())["pareto"]
+    int8 = [entry for entry in pareto if entry["policy"]["quantize"] == "int8"]
+    assert int8
+    inputs = next(iter(digits.test))[0][:64]
+    torch.save(inputs, tmp_path / "inputs.pt")
+    for entry in int8:
+        number = entry["trial"]
+        assert entry["size_ratio"] < entry["params_ratio"]  # int8 bytes: under a quarter of float's, plus scales
+        assert export_main([str(int8_run), "--trial", str(number), "--format", "all"]) == 0
+        stem = int8_run / "export" / f"trial-{number:05d}"
+        assert not Path(f"{stem}.pt2").exists()  # torch.export cannot trace FX int8: skipped, said in the log
+        model = load_pruned(int8_run, f"trials/{number:05d}/model.pt", digits.model)
+        with torch.no_grad():
+            expected, reference = model(inputs), model.float_model(inputs)
+        done = subprocess.run([sys.executable, "-c", INT8_STANDALONE.format(packages=OUR_PACKAGES),
+                               str(tmp_path / "inputs.pt"), f"{stem}.onnx", str(tmp_path / "out.pt")],
+                              capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        got = torch.load(tmp_path / "out.pt", weights_only=True)
+        assert (got.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
+        assert (got - reference).abs().max() <= 2 * (expected - reference).abs().max() + 1e-4
+        loaded = load_state_dict_export(Path(f"{stem}.state_dict.pt"), digits, entry["policy"])
+        with torch.no_grad():
+            assert torch.equal(loaded(inputs), expected)

@@ -26,9 +26,10 @@ DENSE = {"accuracy": 0.92, "test_accuracy": 0.915, "flops": 1_000_000, "params":
 CONTRACT_KEYS = {"workload", "cost_metric", "budget", "epsilon", "input_shape", "dense", "best", "pareto", "trials"}
 TOP_EXTRA_KEYS = {"final_stage_errors"}  # extensions the README lists
 MODEL_KEYS = {"trial", "method", "accuracy", "test_accuracy", "flops", "params", "latency_ms", "cost_ratio", "policy"}
-MODEL_EXTRA_KEYS = {"flops_ratio", "latency_ratio", "params_ratio", "size_bytes", "label", "latency_p90_ms",
-                    "dense_latency_ms", "search_accuracy", "final_epochs", "nonzero_flops", "predicted_latency_ratio",
-                    "latency_by_batch", "latency_ratio_p10", "latency_ratio_p90", "exit_flops", "exit_counts"}
+MODEL_EXTRA_KEYS = {"flops_ratio", "latency_ratio", "params_ratio", "size_bytes", "size_ratio", "label",
+                    "latency_p90_ms", "dense_latency_ms", "search_accuracy", "final_epochs", "nonzero_flops",
+                    "predicted_latency_ratio", "latency_by_batch", "latency_ratio_p10", "latency_ratio_p90",
+                    "exit_flops", "exit_counts"}
 
 
 def record(number: int, cost: float | None, accuracy: float | None,
@@ -156,7 +157,7 @@ def test_write_report_writes_contract_files(run_dir: Path) -> None:
     on_disk = json.loads((run_dir / "pareto.json").read_text())
     assert on_disk == summary
     assert set(on_disk) == CONTRACT_KEYS | TOP_EXTRA_KEYS
-    assert set(on_disk["dense"]) == {"accuracy", "test_accuracy", "flops", "params", "latency_ms"}
+    assert set(on_disk["dense"]) == {"accuracy", "test_accuracy", "flops", "params", "latency_ms", "size_bytes"}
     assert isinstance(on_disk["dense"]["flops"], int) and isinstance(on_disk["dense"]["accuracy"], float)
     assert on_disk["input_shape"] == [1, 1, 8, 8] and on_disk["cost_metric"] == "flops"
     assert on_disk["trials"] == {"complete": 6, "pruned": 1, "failed": 2}
@@ -193,7 +194,7 @@ def test_write_report_writes_contract_files(run_dir: Path) -> None:
         assert "not measurably faster than dense (latency ratio 1.02): masked weights cut nonzero FLOPs" in text
         assert "(nonzero)" in text  # a masked model's FLOPs ratio is named for what it counts
         assert 'torch.load("best/model.pt", weights_only=False)' in text
-        assert 'torch.load("best/model.weights.pt", weights_only=True)' in text
+        assert 'load_pruned(Path("."), "best/model.pt", dense_model)' in text  # the safe way, tensors only
         assert '"methods": [' in text and '"trials": 9' in text  # the searched space and the config
 
 
