@@ -51,6 +51,9 @@ class OnnxModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {self.name: numpy.ascontiguousarray(x.numpy())})[0])
 
+    def __deepcopy__(self, memo: dict) -> "OnnxModel":
+        return self  # a session holds no state between calls; the timer copies models it is given
+
 
 def pruned_structure(workload: Workload, budget: float) -> nn.Module:
     """The tp_global baseline's structure fitted to `budget` of the dense FLOPs (not yet recovered)."""

@@ -21,8 +21,9 @@ from search.config import ConfigError, RunConfig
 from search.finalize import evaluate_front_on_test, finetune_finalists
 from search.fit import reachable_round_to, unreachable_methods
 from search.latency_checks import remeasure_pick, time_both_batches
-from search.measure import count_flops, layer_flops
+from search.measure import compare_latency, count_flops, layer_flops, model_size_bytes
 from search.measure.latency_table import LatencyTable, LatencyTableError, latency_table
+from search.quantize import QuantizeError, quantize_int8
 from search.reference import DenseReference, measure_dense, near_chance_bar, weights_fingerprint
 from search.sensitivity import with_sensitivity
 from search.study import ResumeError, open_study, record_final_error, record_run_attrs, requeue_interrupted, storage_url
@@ -32,7 +33,8 @@ from spaces import SearchSpace, SpaceError
 
 log = logging.getLogger("search")
 # What a user's input can be wrong about: each is one line on stderr and exit 2, never a traceback.
-USER_ERRORS = (ConfigError, WorkloadError, ResumeError, ReportError, SpaceError)
+USER_ERRORS = (ConfigError, WorkloadError, ResumeError, ReportError, SpaceError, QuantizeError)
+INT8_FACTOR_ATTR = "int8_factor"  # study attr: the run's int8 cost factor, measured once, reused on resume
 
 
 def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None = None
@@ -68,8 +70,11 @@ def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None 
                               count_flops(workload.model, workload.example_inputs), methods, config.budget,
                               workload.finetune_lr, config.target_floor, round_to,
                               table.dense_layer_ms() if table is not None and config.cost == "latency" else None)
-    space = replace(with_sensitivity(study, space, workload, config.device, measure=config.sensitivity),
-                    quantize=config.quantize)
+    space = with_sensitivity(study, space, workload, config.device, measure=config.sensitivity)
+    if config.quantize:
+        if INT8_FACTOR_ATTR not in study.user_attrs:
+            study.set_user_attr(INT8_FACTOR_ATTR, int8_cost_factor(workload, dense, config))
+        space = replace(space, quantize=True, int8_factor=float(study.user_attrs[INT8_FACTOR_ATTR]))
     record_run_attrs(study, {
         "workload": config.workload, "cost_metric": config.cost, "budget": config.budget, "epsilon": config.epsilon,
         "input_shape": workload.input_shape, "dense": dense.to_json(), "config": config.to_json(),
@@ -82,6 +87,21 @@ def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None 
     if baselines:
         log.info("first trials are the baselines a user would try by hand: %s", ", ".join(baselines))
     return study, TrialContext(workload, space, config, dense, run_dir, table)
+
+
+def int8_cost_factor(workload: Workload, dense: DenseReference, config: RunConfig) -> float:
+    """The dense model's cost int8 over float in the run's metric (bytes, or latency timed interleaved), which an
+    int8 point's float model is fitted against; 1 for FLOPs and params, which int8 keeps."""
+    if config.cost not in ("size", "latency"):
+        return 1.0
+    int8 = quantize_int8(workload.model, workload.example_inputs, workload.calibration)
+    if config.cost == "size":
+        factor = model_size_bytes(int8.quantized) / dense.size_bytes
+    else:
+        factor = compare_latency({"dense": workload.model, "int8": int8}, workload.example_inputs, reference="dense",
+                                 threads=config.threads, batch_size=config.batch_size)["int8"]["ratio"]
+    log.info("int8: the dense model's %s is %.3f of float's; int8 points are fitted against it", config.cost, factor)
+    return factor
 
 
 def check_dense_trained(dense: DenseReference, workload: Workload, allowed: bool) -> None:

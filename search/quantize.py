@@ -69,8 +69,8 @@ def quantize_int8(model: nn.Module, example_inputs: torch.Tensor, calibration: I
 
 
 def int8_structure(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
-    """The quantised graph of the float `model` with no calibration (its scales are placeholders): the structure and
-    bytes of the int8 model, for fitting a point to a size budget without running data through it."""
+    """The quantised graph of the float `model` with no calibration (its scales are placeholders): the structure, and
+    bytes, of the int8 model, which quantized_like fills with a saved state."""
     prepared = _prepared(model, example_inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # observers that saw no data

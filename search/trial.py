@@ -23,7 +23,7 @@ from search.fit import fit_to_target
 from search.measure import compare_latency, count_flops, count_params, model_size_bytes
 from search.measure.latency_table import LatencyTable
 from search.model_files import save_pruned
-from search.quantize import int8_structure, quantize_int8
+from search.quantize import quantize_int8
 from search.recover import ScreenedOut, recover
 from search.reference import DenseReference, measure_against_dense
 from search.screening import stop_below
@@ -48,12 +48,10 @@ FIT_LATENCY_REPEATS = 20  # per bisection step, when no latency table models the
 
 
 def fitting_ratio(workload: Workload, dense: DenseReference, config: RunConfig,
-                  table: LatencyTable | None = None, quantize: str = "none") -> Callable[[nn.Module], float]:
-    """The ratio a point is fitted on, in the run's cost metric: parameters, FLOPs, bytes (of an int8 point's
-    quantised graph, uncalibrated: the same bytes), or latency predicted by the table (timed interleaved with dense,
-    quickly, where no table models the network: noisier and slower)."""
-    if config.cost == "size" and quantize == "int8":
-        return lambda model: model_size_bytes(int8_structure(model, workload.example_inputs)) / dense.size_bytes
+                  table: LatencyTable | None = None) -> Callable[[nn.Module], float]:
+    """The ratio a point is fitted on, in the run's cost metric: parameters, FLOPs, bytes, or latency predicted by
+    the table (timed interleaved with dense, quickly, where no table models the network: noisier and slower). Always
+    of the float model: an int8 point's target is scaled to it (SearchSpace.backbone_target)."""
     if config.cost == "size":
         return lambda model: model_size_bytes(model) / dense.size_bytes
     if config.cost == "params":
@@ -98,16 +96,17 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     torch.manual_seed(seed)
     workload, dense, config = ctx.workload, ctx.dense, ctx.config
     extra = calibration_options(workload, params["method"], params.get("criterion", ""), params)
-    target = ctx.space.backbone_target(params, params.get("target", config.budget))  # a dynamic point's exits cut more
+    target = ctx.space.backbone_target(params, params.get("target", config.budget))  # exits or int8 cut the rest
     fitted = fit_to_target(workload.model, workload.example_inputs, ctx.space, params, target,
-                           fitting_ratio(workload, dense, config, ctx.latency_table, params.get("quantize", "none")),
-                           label, extra)
+                           fitting_ratio(workload, dense, config, ctx.latency_table), label, extra)
     model, policy = fitted.model, fitted.policy
     fit_seconds = time.perf_counter() - started
     over_budget = fitted.ratio > ctx.space.backbone_target(params, config.budget)
     dynamic = get_method(policy.method).dynamic
-    # screened at the cost it will have: a dynamic backbone's accuracy bounds the model its exits make
-    bar = stop_below(screen, params["target"] if dynamic else fitted.ratio)
+    # screened at the cost it will have: a dynamic backbone's accuracy bounds the model its exits make, and an int8
+    # point costs its float model's ratio times the run's int8 factor
+    int8 = policy.quantize == "int8"
+    bar = stop_below(screen, params["target"] if dynamic else fitted.ratio * (ctx.space.int8_factor if int8 else 1))
     torch.manual_seed(seed)  # fitting may time models (random inputs) a varying number of times
     try:
         recovery = recover(model, workload, epochs=0 if over_budget else config.finetune_epochs,
@@ -125,7 +124,7 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
     if dynamic:
         model = make_dynamic(model, workload, policy, config, epochs=config.finetune_epochs)
         accuracy = evaluate(model, workload.val, config.device)
-    if policy.quantize == "int8":
+    if int8:
         model = quantize_int8(model, workload.example_inputs, workload.calibration)
         accuracy = evaluate(model, workload.val)
     if not math.isfinite(accuracy):

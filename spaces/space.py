@@ -62,6 +62,8 @@ class SearchSpace:
     sensitivity: dict[str, float] | None = None  # group -> FLOPs saved per accuracy lost, pruned alone (measured)
     exit_choices: tuple[int, ...] = ()  # dynamic: how many early exits a point may have (the network's stage outputs)
     quantize: bool = False  # whether a static point may be quantised to int8 after recovery (--quantize)
+    int8_factor: float = 1.0  # the dense model's cost int8 over float, in the run's metric: an int8 point's float
+    # model is fitted to its target over this (size: about 0.3; latency: as measured; FLOPs and params: 1)
 
     @classmethod
     def build(cls, model: nn.Module, example_inputs: torch.Tensor, layer_flops: dict[str, int], total_flops: int,
@@ -137,8 +139,11 @@ class SearchSpace:
         return params
 
     def backbone_target(self, params: dict[str, Any], target: float) -> float:
-        """The cost ratio the pruned backbone is fitted to: `target` itself, or for a dynamic point the part of the cut
-        its exits do not make (target ** (1 - exit_share); the exits take the backbone's cost down to `target`)."""
+        """The cost ratio the pruned float model is fitted to: `target` itself; for an int8 point target over
+        int8_factor (quantisation makes the rest of the cut); for a dynamic point the part of the cut its exits do not
+        make (target ** (1 - exit_share); the exits take the backbone's cost down to `target`)."""
+        if params.get("quantize") == "int8":
+            return min(1.0, target / self.int8_factor)
         if not get_method(params["method"]).dynamic:
             return target
         return min(1.0, target ** (1.0 - float(params.get("exit_share", 1.0))))
@@ -270,6 +275,10 @@ class SearchSpace:
                                  "(1 - share) and the heads' thresholds fitted so the expected cost is the target"},
             "lr_scale": [0.3, 3.0], "base_lr": self.base_lr, "distill": list(DISTILL),
             "distill_temperature": list(DISTILL_TEMPERATURE),
+            "quantize": {"choices": list(QUANTIZATIONS) if self.quantize else [QUANTIZATIONS[0]],
+                         "int8_factor": round(self.int8_factor, 4),
+                         "meaning": "int8: quantised after recovery; its float model is fitted to the target over "
+                                    "int8_factor, the dense model's cost int8 over float"},
             "max_group_sparsity": MAX_SPARSITY,
         }
 

@@ -63,3 +63,15 @@ def test_quantisation_is_a_choice_of_the_space_but_never_of_a_baseline_or_a_dyna
 def test_quantisation_where_it_cannot_run_is_refused(argv: list[str], named: str) -> None:
     with pytest.raises(ConfigError, match=named):
         parse_config(argv)
+
+
+def test_an_int8_points_float_model_is_fitted_to_its_target_over_the_int8_factor(digits: Workload) -> None:
+    """With --cost size an int8 model takes about 0.3 of its float model's bytes: a point aiming at 0.2 of the dense
+    bytes prunes its float model to about 0.67, not to 0.2 (which removed blocks and channels it had no need to)."""
+    model, x = digits.model, digits.example_inputs
+    space = replace(SearchSpace.build(model, x, layer_flops(model, x), count_flops(model, x), ("channel",), 0.25,
+                                      0.01), quantize=True, int8_factor=0.3)
+    point = {"method": "channel", "target": 0.2, "quantize": "int8"}
+    assert space.backbone_target(point, 0.2) == pytest.approx(0.2 / 0.3)
+    assert space.backbone_target({**point, "quantize": "none"}, 0.2) == 0.2
+    assert space.backbone_target(point, 0.5) == 1.0  # never asked to grow past dense
