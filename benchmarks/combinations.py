@@ -45,6 +45,8 @@ class OnnxModel(nn.Module):
         super().__init__()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not steal the CPU
+        # from the torch models timed beside it
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.name = self.session.get_inputs()[0].name
 

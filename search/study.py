@@ -19,6 +19,7 @@ from search.outcome import TrialOutcome
 log = logging.getLogger(__name__)
 STUDY_NAME = "search"
 INTERRUPTED = "interrupted before it finished"
+METRIC_NAMES = ("cost ratio", "accuracy loss")  # the two objectives, as optuna-dashboard and plots name them
 # A resumed run must be the same search: these settings may not change between runs in one folder, or the new
 # trials would be measured against another dense model, split, fidelity, space or timing setup than the old ones.
 FIXED_SETTINGS = ("workload", "cost", "budget", "epsilon", "seed", "finetune_epochs", "methods", "target_floor",
@@ -54,6 +55,8 @@ def open_study(config: RunConfig, run_dir: Path) -> optuna.Study:
                           f"({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
                           "use a new --out, or move study.db away") from None
     check_same_search(study.user_attrs.get("config"), config.to_json(), run_dir)
+    if study.metric_names != list(METRIC_NAMES):
+        study.set_metric_names(list(METRIC_NAMES))
     return study
 
 

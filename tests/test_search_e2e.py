@@ -15,6 +15,7 @@ import torch
 from optuna.trial import TrialState
 
 from search.measure import count_flops
+from search.study import storage_url
 from search.training import evaluate
 from tests.conftest import ROOT, run_cli
 
@@ -164,3 +165,17 @@ def test_final_epochs_fine_tunes_the_pareto_models_within_budget(cache_dir: Path
     assert count_flops(model, digits.example_inputs) / pareto["dense"]["flops"] == pytest.approx(best["flops_ratio"])
     again = run_cli([*FAST, "--trials", "6", "--final-epochs", "2", "--finalists", "2", "--out", str(out)], cache_dir)
     assert again.returncode == 0 and "final fine-tune" not in again.stderr  # nothing left to fine-tune on resume
+
+
+def test_optuna_dashboard_names_the_two_objectives(finished_run: Path) -> None:
+    """`optuna-dashboard sqlite:///RUN/study.db` shows "cost ratio" and "accuracy loss", not Objective 0 and 1."""
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    study = optuna.load_study(study_name="search", storage=storage_url(finished_run))
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ["PATH_INFO"] = f"/api/studies/{study._study_id}"  # noqa: SLF001 - the dashboard's API takes the id
+    body = b"".join(wsgi(storage_url(finished_run))(environ, lambda status, headers, exc_info=None: None))
+    assert json.loads(body)["objective_names"] == ["cost ratio", "accuracy loss"]
