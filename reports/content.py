@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import optuna
 import plotly.graph_objects as go
 from optuna.trial import TrialState
 
@@ -14,7 +16,10 @@ from dynamic.runtime import LOSSES
 from reports import formatting as fmt
 from reports.best import BestFiles
 from reports.plots import cost_accuracy_figure, exit_cost_figure, flops_latency_figure, replay_figure
+from reports.png import front_png, policy_png
+from reports.policy_plots import pareto_heatmap_figure, policy_bar_figure
 from reports.records import RunInfo, TrialRecord
+from reports.search_plots import history_figures, importance_figures, parallel_figure, screening_figure
 from reports.selection import closest_to_epsilon, within_budget
 
 REASON_CHARS = 160
@@ -43,8 +48,18 @@ class Table:
 
 
 @dataclass
+class Image:
+    """A static picture of a figure for report.md (report.html has the interactive one): its file name under
+    report-plots/, its alt text, and how to draw it (PNG bytes), called only when the report is written."""
+
+    name: str
+    alt: str
+    draw: Callable[[], bytes]
+
+
+@dataclass
 class Section:
-    """A titled block: paragraphs of plain text, then an optional table, code block and figures."""
+    """A titled block: paragraphs of plain text, then an optional table, code block, figures and images."""
 
     title: str
     paragraphs: list[str] = field(default_factory=list)
@@ -52,6 +67,7 @@ class Section:
     code: str | None = None
     code_language: str = ""
     figures: list[go.Figure] = field(default_factory=list)
+    images: list[Image] = field(default_factory=list)
 
 
 @dataclass
@@ -64,6 +80,7 @@ class ReportInputs:
     best: TrialRecord | None
     best_files: BestFiles
     replay: dict[str, Any] | None = None  # python -m search.replay's result for this run, if it was run
+    study: optuna.Study | None = None  # for Optuna's own plots of the search; None leaves them out
 
 
 def _reasons(texts: list[str]) -> str:
@@ -147,6 +164,7 @@ def _dense_pick_table(info: RunInfo, best: TrialRecord | None) -> Table:
         [fmt.flops_name(best.method if best else None), fmt.count(dense.get("flops"))],
         ["params", fmt.count(dense.get("params"))],
         ["size", fmt.size(dense.get("size_bytes"))],
+        ["size, masked weights packed", fmt.size(dense.get("compressed_bytes"))],
         ["latency p50", fmt.millis(dense.get("latency_ms"))],
     ]
     if best is None:
@@ -159,6 +177,7 @@ def _dense_pick_table(info: RunInfo, best: TrialRecord | None) -> Table:
         (fmt.count(best.flops), _stored_or_quotient(best.flops_ratio, best.flops, dense.get("flops"))),
         (fmt.count(best.params), _stored_or_quotient(best.params_ratio, best.params, dense.get("params"))),
         (fmt.size(best.size_bytes), _stored_or_quotient(None, best.size_bytes, dense.get("size_bytes"))),
+        (fmt.size(best.compressed_bytes), _stored_or_quotient(best.compressed_ratio, None, None)),
         (fmt.millis(best.latency_ms),
          _stored_or_quotient(best.latency_ratio, best.latency_ms, dense.get("latency_ms"))),
     ]
@@ -240,13 +259,14 @@ def _pareto_section(inputs: ReportInputs) -> Section:
     other = sorted({b for r in inputs.front for b in (r.latency_by_batch or {}) if b != batch}, key=int)
     headers = ["trial", "label", "method", "val acc", "test acc", "loss", "cost ratio", "FLOPs ratio",
                "predicted latency ratio", f"latency ratio (batch {batch})",
-               *(f"latency ratio (batch {b})" for b in other), "params ratio", "size ratio", "note"]
+               *(f"latency ratio (batch {b})" for b in other), "params ratio", "size ratio",
+               "packed size ratio", "note"]
     rows = [
         [str(r.number), r.label or "search", fmt.model_kind(r), fmt.percent(r.accuracy),
          fmt.percent(r.test_accuracy), fmt.points(r.accuracy_loss), fmt.ratio(r.cost_ratio),
          _flops_ratio(r), fmt.ratio(r.predicted_latency_ratio), fmt.ratio(r.latency_ratio),
          *(_batch_ratio(r, b) for b in other), fmt.ratio(r.params_ratio), fmt.ratio(r.size_ratio),
-         _pareto_notes(r, inputs)]
+         fmt.ratio(r.compressed_ratio), _pareto_notes(r, inputs)]
         for r in inputs.front
     ]
     if not rows:
@@ -256,7 +276,9 @@ def _pareto_section(inputs: ReportInputs) -> Section:
         "Test accuracy is measured only for these models. FLOPs, predicted and measured latency ratios sit side by "
         "side because fewer FLOPs do not always mean less time; latency is timed interleaved with dense at the "
         f"search's batch size ({batch}) and, for these models, at {', '.join(other) or 'no other'} too. A masked "
-        "model's FLOPs are nonzero FLOPs: dense kernels still compute its zeros."
+        "model's FLOPs are nonzero FLOPs: dense kernels still compute its zeros. Size is the whole saved module; "
+        "packed size is its weights with masked zeros packed as a bitmask (the form of model.weights.pt), what it "
+        "ships at."
     ]
     finals = [r for r in inputs.front if r.final_epochs is not None]
     if finals:
@@ -279,7 +301,81 @@ def _plots_section(inputs: ReportInputs) -> Section:
     else:
         figures.append(latency)
         paragraphs.append("Below the y = x line a model is faster than its FLOPs suggest; above it, slower.")
-    return Section("Plots", paragraphs, figures=figures)
+    info, trials, front, best = inputs.info, inputs.trials, inputs.front, inputs.best
+    image = Image("front.png", "cost ratio vs validation accuracy", lambda: front_png(info, trials, front, best))
+    return Section("Plots", paragraphs, figures=figures, images=[image])
+
+
+def _policy_section(inputs: ReportInputs) -> Section | None:
+    """What the pick kept of each layer, and every Pareto model's per-layer sparsity (from the trials' layer rows)."""
+    best = inputs.best
+    bar = None if best is None else policy_bar_figure(best)
+    heatmap = pareto_heatmap_figure(inputs.front)
+    if bar is None and heatmap is None:
+        return None
+    paragraphs = ["Measured on each model: output channels physically kept (a removed block keeps none) and weights "
+                  "left nonzero (a masked layer keeps its channels but zeroes weights), as shares of dense, layers in "
+                  "network order."]
+    figures, images = [], []
+    if bar is not None:
+        figures.append(bar)
+        images.append(Image("policy.png", "the pick's kept share of dense per layer", lambda: policy_png(best)))
+    if heatmap is not None:
+        figures.append(heatmap)
+        paragraphs.append("The heat map gives each Pareto model's sparsity per layer (1 - nonzero weights / dense "
+                          "weights), cheapest first; hover a cell for the method, criterion and recovery recipe.")
+    return Section("Policy", paragraphs, figures=figures, images=images)
+
+
+def _search_section(inputs: ReportInputs) -> Section | None:
+    """The search over time, which knobs mattered, and screening's proxy against the accuracy reached."""
+    if inputs.study is None:
+        return None
+    states = Counter(t.state for t in inputs.trials)
+    paragraphs = [f"History and importances use the {states[TrialState.COMPLETE]} complete trials; the "
+                  f"{states[TrialState.PRUNED]} stopped early and {states[TrialState.FAIL]} failed ones have no "
+                  "objective values and are counted apart (Run above). A trial is feasible when it lies within the "
+                  "budget and loses at most epsilon."]
+    figures = history_figures(inputs.study)
+    importances, reason = importance_figures(inputs.study)
+    figures += importances
+    if reason:
+        paragraphs.append(reason)
+    if states[TrialState.COMPLETE]:
+        figures.append(parallel_figure(inputs.study))
+    screening, sentence = screening_figure(inputs.trials)
+    paragraphs.append(sentence)
+    if screening is not None:
+        figures.append(screening)
+    return Section("Search", paragraphs, figures=figures)
+
+
+def _range_text(value: Any) -> str:
+    """A knob's range or choices in a few words."""
+    if isinstance(value, dict):
+        if "low" in value and "high" in value:
+            return f"{value['low']:g} to {value['high']:g}"
+        if "choices" in value:
+            return ", ".join(str(c) for c in value["choices"])
+        return "; ".join(f"{k}: {_range_text(v)}" for k, v in value.items() if k != "meaning")
+    if isinstance(value, list):
+        return ", ".join(_range_text(v) for v in value) or "none"
+    return str(value)
+
+
+def _space_section(info: RunInfo) -> Section:
+    """The searched space as a table (knob, range or choices, meaning); the channel groups summarised in a line."""
+    space = info.space
+    meanings = space.get("meanings") or {}
+    skipped = {"groups", "group_depth", "group_sensitivity", "meanings", "allocation"}
+    rows = [[knob, _range_text(value), value.get("meaning", "") if isinstance(value, dict) else meanings.get(knob, "")]
+            for knob, value in space.items() if knob not in skipped]
+    for name, formula in (space.get("allocation") or {}).items():
+        rows.append([f"allocation: {name}", formula, meanings.get("allocation", "")])
+    groups = space.get("groups") or []
+    paragraphs = [f"{len(groups)} channel groups (coupled layers pruned together): "
+                  + ", ".join(f"{g['name']} ({g['channels']} channels)" for g in groups)] if groups else []
+    return Section("Searched space", paragraphs, Table(["knob", "range or choices", "meaning"], rows))
 
 
 def _sensitivity_section(info: RunInfo) -> Section | None:
@@ -357,8 +453,9 @@ def build_sections(inputs: ReportInputs) -> list[Section]:
         _pick_section(inputs),
         _pareto_section(inputs),
         _plots_section(inputs),
+        *filter(None, [_policy_section(inputs), _search_section(inputs)]),
         Section("Configuration", code=json.dumps(inputs.info.config, indent=2), code_language="json"),
-        Section("Searched space", code=json.dumps(inputs.info.space, indent=2), code_language="json"),
+        _space_section(inputs.info),
         *filter(None, [_dynamic_section(inputs), _sensitivity_section(inputs.info)]),
         _load_section(inputs),
     ]

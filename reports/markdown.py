@@ -1,8 +1,11 @@
-"""report.md: the report's sections as GitHub-flavoured Markdown; plots are only named, they live in report.html."""
+"""report.md: the report's sections as GitHub-flavoured Markdown; static PNGs of the main plots (report-plots/), the
+interactive ones named, they live in report.html."""
 
 from __future__ import annotations
 
 from reports.content import Section, Table
+
+PLOTS_DIR = "report-plots"  # beside report.md, where build.py writes each section's images
 
 
 def _cell(text: str) -> str:
@@ -22,6 +25,7 @@ def _section(section: Section) -> list[str]:
     if section.figures:
         titles = "; ".join(figure.layout.title.text for figure in section.figures)
         lines += [f"Interactive in report.html: {titles}.", ""]
+    lines += [line for image in section.images for line in (f"![{image.alt}]({PLOTS_DIR}/{image.name})", "")]
     if section.table is not None:
         lines += _table(section.table) + [""]
     if section.code is not None:

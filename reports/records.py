@@ -78,6 +78,9 @@ class TrialRecord:
     latency_ratio_p90: float | None = None
     exit_flops: list[int] | None = None  # dynamic models: FLOPs of leaving at each exit (reports.schema.Measured)
     exit_counts: list[int] | None = None  # dynamic models: validation inputs that left at each exit
+    compressed_bytes: int | None = None  # masked weights packed (reports.schema.Measured)
+    compressed_ratio: float | None = None
+    layers: list[list[Any]] | None = None  # per layer: [name, kept units, dense units, nonzero weights, dense weights]
 
     @property
     def is_complete(self) -> bool:
@@ -116,6 +119,14 @@ def _ints(value: Any) -> list[int] | None:
         return None
     numbers = [_int(v) for v in value]
     return None if any(n is None for n in numbers) else numbers  # type: ignore[return-value]
+
+
+def _layers(value: Any) -> list[list[Any]] | None:
+    """Measured.layers rows ([name, 4 counts]), or None where the value is not such a list."""
+    if not isinstance(value, list) or not all(isinstance(row, list) and len(row) == 5 for row in value):
+        return None
+    rows = [[str(row[0]), *(_int(v) for v in row[1:])] for row in value]
+    return None if any(v is None for row in rows for v in row) else rows
 
 
 def _str(value: Any) -> str | None:
@@ -185,6 +196,9 @@ def trial_record(trial: FrozenTrial, test_accuracies: dict[str, float] | None = 
         target=_float(attrs.get("target")),
         exit_flops=_ints(attrs.get("exit_flops")),
         exit_counts=_ints(attrs.get("exit_counts")),
+        compressed_bytes=_int(attrs.get("compressed_bytes")),
+        compressed_ratio=_float(attrs.get("compressed_ratio")),
+        layers=_layers(attrs.get("layers")),
     )
 
 
@@ -214,7 +228,7 @@ def with_latency_checks(record: TrialRecord, batches: dict[str, Any] | None, rem
 def trial_record_fields(attrs: dict[str, Any]) -> dict[str, Any]:
     """The FINAL_FIELDS of an attrs dict, typed as TrialRecord holds them."""
     kinds = {"flops": _int, "params": _int, "size_bytes": _int, "model_path": run_relative, "exit_flops": _ints,
-             "exit_counts": _ints}
+             "exit_counts": _ints, "compressed_bytes": _int, "layers": _layers}
     return {name: kinds.get(name, _float)(attrs.get(name)) for name in FINAL_FIELDS}
 
 

@@ -26,6 +26,12 @@ class Measured:
     exit_flops: list[int] | None = None
     exit_counts: list[int] | None = None
     size_ratio: float | None = None  # size_bytes over dense's (None in runs from before --cost size)
+    # The state dict with masked weights packed (search.packed), and its ratio to dense's: what a masked model ships at.
+    compressed_bytes: int | None = None
+    compressed_ratio: float | None = None
+    # Per conv/linear layer of dense, in network order: [name, kept units, dense units, nonzero weights, dense
+    # weights] (search.measure.layer_profile); the report's policy bar chart and heat map.
+    layers: list[list[Any]] | None = None
 
     def ratio(self, cost_metric: str) -> float:
         """The ratio to dense in a run's cost metric (flops, latency, params or size)."""

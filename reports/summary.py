@@ -10,8 +10,8 @@ from optuna.trial import TrialState
 from reports.formatting import is_masked
 from reports.records import RunInfo, TrialRecord
 
-DENSE_KEYS = ("accuracy", "test_accuracy", "flops", "params", "latency_ms", "size_bytes")
-DENSE_INT_KEYS = ("flops", "params", "size_bytes")
+DENSE_KEYS = ("accuracy", "test_accuracy", "flops", "params", "latency_ms", "size_bytes", "compressed_bytes")
+DENSE_INT_KEYS = ("flops", "params", "size_bytes", "compressed_bytes")
 
 
 def model_entry(record: TrialRecord) -> dict[str, Any]:
@@ -32,6 +32,8 @@ def model_entry(record: TrialRecord) -> dict[str, Any]:
         "params_ratio": record.params_ratio,
         "size_bytes": record.size_bytes,
         "size_ratio": record.size_ratio,
+        "compressed_bytes": record.compressed_bytes,
+        "compressed_ratio": record.compressed_ratio,
         "latency_p90_ms": record.latency_p90_ms,
         "dense_latency_ms": record.dense_latency_ms,
         "search_accuracy": record.search_accuracy,
@@ -43,6 +45,7 @@ def model_entry(record: TrialRecord) -> dict[str, Any]:
         "latency_ratio_p90": record.latency_ratio_p90,
         "exit_flops": record.exit_flops,
         "exit_counts": record.exit_counts,
+        "layers": record.layers,
     }
 
 

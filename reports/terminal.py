@@ -71,6 +71,9 @@ def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
             ("params", _fmt_int(dense["params"]), _fmt_int(best["params"]), f"{best['params_ratio']:.3f}x"),
             *([("size", f"{dense['size_bytes'] / 1e3:,.0f} KB", f"{best['size_bytes'] / 1e3:,.0f} KB",
                 f"{best['size_ratio']:.3f}x")] if best.get("size_ratio") and dense.get("size_bytes") else []),
+            *([("size, packed", f"{dense['compressed_bytes'] / 1e3:,.0f} KB",
+                f"{best['compressed_bytes'] / 1e3:,.0f} KB", f"{best['compressed_ratio']:.3f}x")]
+              if best.get("compressed_ratio") and dense.get("compressed_bytes") else []),
             ("latency p50", f"{best.get('dense_latency_ms') or dense['latency_ms']:.3f} ms",
              f"{best['latency_ms']:.3f} ms",
              f"{best['latency_ratio']:.3f}x (interleaved, batch {_search_batch(best)})"),

@@ -12,7 +12,7 @@ from reports.records import TrialRecord
 METRIC_COLUMNS = (
     "cost_ratio", "accuracy", "accuracy_loss", "test_accuracy", "accuracy_before_finetune",
     "flops", "params", "size_bytes", "latency_ms", "latency_p90_ms",
-    "flops_ratio", "params_ratio", "latency_ratio", "size_ratio", "seconds",
+    "flops_ratio", "params_ratio", "latency_ratio", "size_ratio", "compressed_bytes", "compressed_ratio", "seconds",
 )
 COLUMNS = (
     "number", "state", "label", "method", "values", *METRIC_COLUMNS,

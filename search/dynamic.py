@@ -20,8 +20,10 @@ from search.config import RunConfig
 from search.measure import (
     compare_latency,
     compare_stream_latency,
+    compressed_fields,
     count_flops,
     count_params,
+    layer_profile,
     leaf_flops,
     model_size_bytes,
 )
@@ -238,5 +240,6 @@ def measure_dynamic(exits: EarlyExitModel, workload: Workload, dense: DenseRefer
                     dense_latency_ms=timing["dense"]["mean_ms"], flops_ratio=evaluation.mean_cost / dense.flops,
                     params_ratio=params / dense.params, latency_ratio=timing["dynamic"]["ratio"],
                     predicted_latency_ratio=None, exit_flops=list(flops), exit_counts=evaluation.exit_counts,
-                    size_ratio=size / dense.size_bytes)
+                    size_ratio=size / dense.size_bytes, **compressed_fields(exits, dense.compressed_bytes),
+                    layers=layer_profile(exits.backbone, workload.model))
 

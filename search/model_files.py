@@ -1,9 +1,10 @@
 """Pruned models in a run folder: what is written, and the only way the product reads one back.
 
 Each model is written twice: `model.pt`, the whole pruned nn.Module (torch.save, for users who trust the folder;
-the product never unpickles it), and its weights file beside it, which holds only tensors, the integer shape
-attributes of every module and the names of modules replaced by nn.Identity. The product rebuilds a model from the
-weights file on a copy of the dense model, loaded with `weights_only=True`, from a path confined to the run folder.
+the product never unpickles it), and its weights file beside it, which holds only tensors (masked weights packed
+as their nonzeros and a bitmask, so a masked model's file weighs what it ships at), the integer shape attributes of
+every module and the names of modules replaced by nn.Identity. The product rebuilds a model from the weights file on
+a copy of the dense model, loaded with `weights_only=True`, from a path confined to the run folder.
 A dynamic model (early exits) is its backbone, saved so, and an exits file beside it (the exit points, each head's
 width, the thresholds and the heads' tensors), read back the same safe way. An int8 model is its float model, saved
 so, and an int8 file beside it (the quantised graph's tensors: int8 weights, scales, zero points, and the input
@@ -22,9 +23,11 @@ from torch import nn
 from dynamic import EarlyExitModel, exit_head
 from reports.atomic import write_bytes
 from reports.run_files import ReportError, confined_path, exits_path, int8_path, weights_path
+from search.packed import pack_state, unpack_state
 from search.quantize import Int8Model, quantized_like
 
-FORMAT = "prune-search-weights/1"
+FORMAT = "prune-search-weights/2"  # /2: masked weights packed as nonzeros + bitmask (search.packed)
+READABLE_FORMATS = ("prune-search-weights/1", FORMAT)
 EXITS_FORMAT = "prune-search-exits/1"
 INT8_FORMAT = "prune-search-int8/1"
 # The module attributes that hold a pruned shape; torch-pruning updates these when it removes channels or heads.
@@ -75,7 +78,7 @@ def weights_of(model: nn.Module) -> dict[str, Any]:
     identity = [name for name, module in model.named_modules() if name and isinstance(module, nn.Identity)]
     classes = {name: type(module).__name__ for name, module in model.named_modules()}
     return {"format": FORMAT, "attributes": attributes, "identity": identity, "classes": classes,
-            "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()}}
+            "state_dict": pack_state({key: value.detach().cpu() for key, value in model.state_dict().items()})}
 
 
 def load_pruned(run_dir: Path, model_path: str, dense: nn.Module) -> nn.Module:
@@ -84,7 +87,7 @@ def load_pruned(run_dir: Path, model_path: str, dense: nn.Module) -> nn.Module:
     path = confined_path(run_dir, str(weights_path(model_path)))
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing")
-    backbone = rebuild(dense, _read(path, FORMAT))
+    backbone = rebuild(dense, _read(path, *READABLE_FORMATS))
     exits = confined_path(run_dir, str(exits_path(model_path)))
     if exits.is_file():
         return with_exits(backbone, _read(exits, EXITS_FORMAT))
@@ -112,14 +115,14 @@ def with_exits(backbone: nn.Module, saved: dict[str, Any]) -> EarlyExitModel:
     return model.eval()
 
 
-def _read(path: Path, fmt: str) -> dict[str, Any]:
-    """A file of this tool's format `fmt`, loaded with weights_only=True; ModelFileError otherwise."""
+def _read(path: Path, *formats: str) -> dict[str, Any]:
+    """A file of one of this tool's `formats`, loaded with weights_only=True; ModelFileError otherwise."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - a file that is not ours, whatever torch says about it
         raise ModelFileError(f"{path} is not a weights file of this tool ({type(error).__name__}: {error})") from None
-    if not isinstance(saved, dict) or saved.get("format") != fmt:
-        raise ModelFileError(f"{path} is not a weights file of this tool (format {fmt} expected)")
+    if not isinstance(saved, dict) or saved.get("format") not in formats:
+        raise ModelFileError(f"{path} is not a weights file of this tool (format {' or '.join(formats)} expected)")
     return saved
 
 
@@ -140,7 +143,7 @@ def rebuild(dense: nn.Module, saved: dict[str, Any]) -> nn.Module:
         if name in modules:
             for attr, value in shapes.items():
                 setattr(modules[name], attr, value)
-    state = saved["state_dict"]
+    state = unpack_state(saved["state_dict"])
     for key, tensor in state.items():
         reference = dense_state.get(key)
         if reference is None or reference.dim() != tensor.dim() or any(

@@ -10,7 +10,16 @@ from torch import nn
 from dynamic import EarlyExitModel
 from reports.schema import Measured
 from search.dynamic import measure_dynamic
-from search.measure import compare_latency, count_flops, count_params, latency, model_size_bytes
+from search.measure import (
+    compare_latency,
+    compressed_fields,
+    compressed_size_bytes,
+    count_flops,
+    count_params,
+    latency,
+    layer_profile,
+    model_size_bytes,
+)
 from search.measure.latency_table import LatencyTable
 from search.quantize import Int8Model
 from search.training import evaluate
@@ -28,6 +37,7 @@ class DenseReference:
     latency_ms: float
     size_bytes: int
     fingerprint: str = ""  # of the weights: a resume must search the same dense model ("" in runs made before it)
+    compressed_bytes: int = 0  # search.measure.compressed_size_bytes (0 in runs made before it)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -45,6 +55,7 @@ def measure_dense(workload: Workload, *, device: str, threads: int | None, batch
         latency_ms=timing["p50_ms"],
         size_bytes=model_size_bytes(model),
         fingerprint=weights_fingerprint(model),
+        compressed_bytes=compressed_size_bytes(model),
     )
 
 
@@ -83,7 +94,8 @@ def measure_against_dense(model: nn.Module, workload: Workload, dense: DenseRefe
     counted = model.float_model if int8 else model
     flops = count_flops(counted, workload.example_inputs)
     params = count_params(counted, nonzero_only=True)
-    size = model_size_bytes(model.quantized if int8 else model)
+    shipped = model.quantized if int8 else model
+    size = model_size_bytes(shipped)
     timing = compare_latency({"dense": workload.model, "pruned": model}, workload.example_inputs, reference="dense",
                              device=device, threads=threads, batch_size=batch_size)
     return Measured(flops=flops, params=params, size_bytes=size,
@@ -91,4 +103,5 @@ def measure_against_dense(model: nn.Module, workload: Workload, dense: DenseRefe
                     dense_latency_ms=timing["dense"]["p50_ms"], flops_ratio=flops / dense.flops,
                     params_ratio=params / dense.params, latency_ratio=timing["pruned"]["ratio"],
                     predicted_latency_ratio=None if table is None or int8 else table.predict_model_ratio(model),
-                    size_ratio=size / dense.size_bytes)
+                    size_ratio=size / dense.size_bytes, **compressed_fields(shipped, dense.compressed_bytes),
+                    layers=layer_profile(counted, workload.model))

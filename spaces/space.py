@@ -31,6 +31,20 @@ DISTILL = (0.0, 0.5, 0.9)  # weight of distillation from the dense model in the 
 DISTILL_TEMPERATURE = (2.0, 4.0, 8.0)  # softening of both models' outputs in the distillation term (where it is on)
 MAX_EXITS = 3  # dynamic: early exits offered, at most (spread over the network's stage outputs)
 EXIT_SHARE = (0.2, 1.0)  # dynamic: the exits' share of the cost cut, in log space (1: the backbone stays whole)
+# What each knob of describe() without a "meaning" of its own does; the report's searched-space table reads them.
+KNOB_MEANINGS = {
+    "methods": "pruning methods a trial chooses among (pruners.registry)",
+    "criteria": "per method, the ranking criteria a trial chooses among",
+    "round_to": "kept channels rounded to a multiple of this (hardware-friendly widths)",
+    "ranking": "per_group: each group pruned to its own ratio; global: one ranking across groups (Torch-Pruning)",
+    "nm_patterns": "N:M patterns (keep N of every M weights) the nm method chooses among",
+    "lr_scale": "multiplier of base_lr for the recovery fine-tune (log scale)",
+    "base_lr": "the workload's fine-tuning learning rate",
+    "distill": "weight a of distillation from the dense model: (1 - a) CE + a T^2 KL",
+    "distill_temperature": "temperature T of the distillation term",
+    "max_group_sparsity": "the most of any group's channels a trial may remove",
+    "allocation": "how a trial splits the cut among channel groups",
+}
 QUANTIZATIONS = ("none", "int8")  # a point's `quantize` choices with --quantize (search.quantize does the int8 one)
 
 
@@ -280,6 +294,7 @@ class SearchSpace:
                          "meaning": "int8: quantised after recovery; its float model is fitted to the target over "
                                     "int8_factor, the dense model's cost int8 over float"},
             "max_group_sparsity": MAX_SPARSITY,
+            "meanings": KNOB_MEANINGS,
         }
 
 

@@ -179,3 +179,29 @@ def test_optuna_dashboard_names_the_two_objectives(finished_run: Path) -> None:
     environ["PATH_INFO"] = f"/api/studies/{study._study_id}"  # noqa: SLF001 - the dashboard's API takes the id
     body = b"".join(wsgi(storage_url(finished_run))(environ, lambda status, headers, exc_info=None: None))
     assert json.loads(body)["objective_names"] == ["cost ratio", "accuracy loss"]
+
+
+def test_the_report_shows_the_picks_policy_and_the_search(finished_run: Path) -> None:
+    """The pick's per-layer rows are its model's real widths; report.html has the policy bar chart, the Pareto heat
+    map, Optuna's history and importances and the searched space as a table; report.md shows the PNGs it wrote."""
+    pareto = json.loads((finished_run / "pareto.json").read_text())
+    model = torch.load(finished_run / "best" / "model.pt", weights_only=False)
+    modules = dict(model.named_modules())
+    layers = pareto["best"]["layers"]
+    assert [row[0] for row in layers] == [name for name, m in modules.items() if isinstance(m, (torch.nn.Conv2d,
+                                                                                               torch.nn.Linear))]
+    for name, kept, dense, nonzero, total in layers:
+        layer = modules[name]
+        assert kept == getattr(layer, "out_channels", getattr(layer, "out_features", None)) <= dense
+        assert nonzero == int(torch.count_nonzero(layer.weight)) <= total
+    assert any(kept < dense for _, kept, dense, _, _ in layers)  # a structured pick really removed channels
+    page = (finished_run / "report.html").read_text()
+    for title in (f"Pick (trial {pareto['best']['trial']}", "Pareto models: per-layer sparsity",
+                  "Optimisation history: accuracy loss", "Hyper-parameter importance for accuracy loss",
+                  "Screening: screened accuracy vs the accuracy reached"):
+        assert title in page, title
+    assert "<td>round_to</td><td>1, 4, 8</td>" in page  # the searched space, a table row per knob
+    markdown = (finished_run / "report.md").read_text()
+    for image in ("report-plots/front.png", "report-plots/policy.png"):
+        assert f"]({image})" in markdown
+        assert (finished_run / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,16 +5,20 @@ Which ops the FLOP count includes, and why, is documented once in ``search.measu
 
 from search.measure.flops import count_flops, flops_by_operator, layer_flops, leaf_flops, weight_density
 from search.measure.latency import compare_latency, compare_stream_latency, latency
-from search.measure.size import count_params, model_size_bytes
+from search.measure.layers import layer_profile
+from search.measure.size import compressed_fields, compressed_size_bytes, count_params, model_size_bytes
 
 __all__ = [
     "compare_latency",
     "compare_stream_latency",
+    "compressed_fields",
+    "compressed_size_bytes",
     "count_flops",
     "count_params",
     "flops_by_operator",
     "latency",
     "layer_flops",
+    "layer_profile",
     "leaf_flops",
     "model_size_bytes",
     "weight_density",

@@ -1,4 +1,4 @@
-"""Model size: parameter counts (optionally nonzero only) and the bytes of the saved module."""
+"""Model size: parameter counts (optionally nonzero only), the bytes of the saved module and of its packed weights."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import io
 
 import torch
 from torch import nn
+
+from search.packed import packed_bytes
 
 
 def count_params(model: nn.Module, nonzero_only: bool = False) -> int:
@@ -35,3 +37,16 @@ def model_size_bytes(model: nn.Module) -> int:
     buffer = io.BytesIO()
     torch.save(model, buffer)
     return buffer.getbuffer().nbytes
+
+
+def compressed_size_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state dict with masked weights packed (search.packed): what a masked model ships at."""
+    return packed_bytes(model.state_dict())
+
+
+def compressed_fields(model: nn.Module, dense_compressed_bytes: int) -> dict[str, int | float | None]:
+    """Measured's compressed_bytes and compressed_ratio for `model` (the ratio None where dense has no figure, as in
+    runs made before it)."""
+    compressed = compressed_size_bytes(model)
+    return {"compressed_bytes": compressed,
+            "compressed_ratio": compressed / dense_compressed_bytes if dense_compressed_bytes else None}
