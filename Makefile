@@ -3,9 +3,10 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 FASHION_DIR := /usr/share/datasets/fashion-mnist
+CHROMIUM := /usr/bin/chromium
 ARGS ?= --budget 0.5
 
-.PHONY: setup data run test clean
+.PHONY: setup data browser run test clean
 
 setup: $(VENV)/.installed
 
@@ -26,10 +27,21 @@ data:
 		|| echo "warning: could not install dataset-fashion-mnist; pass --data-dir to search.run"; \
 	fi
 
+# Chromium from Debian's package, for tests/test_report_browser.py (Playwright drives it; its own browser download
+# is not used): as root, or through sudo only when it needs no password; otherwise that test is skipped, saying why.
+browser:
+	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
+	NOTE="note: $(CHROMIUM) is missing, so the browser test is skipped; install Debian's chromium package"; \
+	if ! command -v apt-get >/dev/null 2>&1; then echo "$$NOTE"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+		echo "$$NOTE ('sudo apt-get install chromium')"; exit 0; fi; \
+	$$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	|| echo "warning: could not install chromium; the browser test is skipped"
+
 run: setup data
 	$(PY) -m search.run $(ARGS)
 
-test: setup data
+test: setup data browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
