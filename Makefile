@@ -6,13 +6,19 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 CHROMIUM := /usr/bin/chromium
 ARGS ?= --budget 0.5
 
-.PHONY: setup data browser run test clean
+.PHONY: setup setup-dev data browser run test clean
 
+# The main job needs the package alone; the tests add the dev extra (pytest, ruff, Ray's jobs CLI, Playwright).
 setup: $(VENV)/.installed
+setup-dev: $(VENV)/.installed-dev
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
@@ -41,7 +47,7 @@ browser:
 run: setup data
 	$(PY) -m search.run $(ARGS)
 
-test: setup data browser
+test: setup-dev data browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

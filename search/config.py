@@ -41,7 +41,7 @@ class RunConfig:
     finetune_epochs: float = 0.15
     target_floor: float = 0.6  # the lowest cost target a trial aims at, as a fraction of the budget
     final_epochs: float = 1.5  # after the search: longer fine-tune of Pareto models within budget; 0 = none
-    finalists: int | None = 3  # at most this many get it (None: every one), bisecting toward the cheapest feasible
+    finalists: int | None = 2  # at most this many get it (None: every one), bisecting toward the cheapest feasible
     sampler: str = "tpe"
     backend: str = "optuna"
     address: str | None = None
