@@ -1,6 +1,7 @@
 """The Ray backend on a real two-node Ray cluster on this machine (ray.cluster_utils.Cluster): the same contract
-as the optuna backend, resume, a worker node killed mid-search, and latency measured on a custom-resource node;
-and its searcher driven by hand: when it waits, when it ends the search, what it does with a trial Tune gave up on."""
+as the optuna backend, resume, a worker node killed mid-search, and a --latency-on resource no node has; and its
+searcher driven by hand: when it waits, when it ends the search, what it does with a trial Tune gave up on.
+Latency measured on a custom-resource node is tested through `ray job submit`, in test_ray_jobs."""
 from __future__ import annotations
 
 import json
@@ -110,23 +111,14 @@ def test_rerun_with_same_out_resumes_without_rerunning(ray_run: Path, nodes: Two
     assert {n: after[n] for n in before} == before
 
 
-def test_latency_on_a_custom_resource_is_measured_on_that_node(nodes: TwoNodes, cache_dir: Path, digits,
-                                                               tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    result = run_cli(ray_args(nodes, 3, out, "--latency-on", TARGET), cache_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    study = load(out)
-    worker_id = nodes.worker.node_id[:12]
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]  # the three baselines: never screened
-    assert len(complete) == 3 and all(f"node {worker_id}" in t.user_attrs["latency_node"] for t in complete)
-    assert study.user_attrs["latency_setup"]["measured_on"].count("node ") == 1  # the worker alone measured
-    assert f"node {worker_id}" in study.user_attrs["latency_setup"]["measured_on"]
-    assert worker_id in (out / "report.md").read_text()  # the report says where latency was measured
-
-
-def test_latency_on_a_resource_no_node_has_is_refused(nodes: TwoNodes, cache_dir: Path, digits, tmp_path: Path) -> None:
-    result = run_cli(ray_args(nodes, 1, tmp_path / "run", "--latency-on", "no_such_device"), cache_dir)
-    assert result.returncode == 2 and "--latency-on" in result.stderr.strip().splitlines()[-1]
+def test_latency_on_a_resource_no_node_has_is_refused(nodes: TwoNodes, run_main, digits, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused though the worker advertises another resource (TARGET). In this process: the refusal comes before
+    any trial, and a subprocess would only add its imports."""
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")  # what start_ray sets in its process, undone after the test
+    monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    code, stderr = run_main(ray_args(nodes, 1, tmp_path / "run", "--latency-on", "no_such_device"))
+    assert code == 2 and "--latency-on" in stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="finds the node's processes in Linux /proc")
