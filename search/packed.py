@@ -28,11 +28,14 @@ def _pays(tensor: torch.Tensor) -> bool:
     return nonzero * tensor.element_size() + (tensor.numel() + 7) // 8 < tensor.numel() * tensor.element_size()
 
 
-def pack_state(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+def pack_state(state: dict[str, Any]) -> dict[str, Any]:
     """The state dict with every tensor that pays for it packed: all their nonzeros in one tensor per dtype and all
     their bits in one, since each stored tensor costs torch.save's zip format a record of its own."""
     plain, shapes, values, bits = {}, {}, {}, []
     for key, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor):  # a quantised graph's state holds dtypes and packed-param tuples
+            plain[key] = tensor
+            continue
         tensor = tensor.detach().cpu()
         if not _pays(tensor):
             plain[key] = tensor
@@ -66,7 +69,7 @@ def unpack_state(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {key: state["plain"][key] if key in state["plain"] else unpacked[key] for key in state[PACKED]}
 
 
-def packed_bytes(state: dict[str, torch.Tensor]) -> int:
+def packed_bytes(state: dict[str, Any]) -> int:
     """Bytes of torch.save of the packed state dict: the size a user ships."""
     buffer = io.BytesIO()
     torch.save(pack_state(state), buffer)

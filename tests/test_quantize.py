@@ -11,9 +11,10 @@ import torch
 
 from search.baselines import baseline_points
 from search.config import ConfigError, parse_config
-from search.measure import count_flops, layer_flops, model_size_bytes
+from search.measure import compressed_size_bytes, count_flops, layer_flops, model_size_bytes
 from search.model_files import load_pruned, save_pruned
 from search.quantize import Int8Model, int8_structure, quantize_int8
+from search.reference import measure_against_dense, measure_dense
 from search.training import evaluate
 from search.workloads import Workload
 from spaces import SearchSpace
@@ -27,6 +28,14 @@ def int8(digits: Workload) -> Int8Model:
 def test_int8_stays_within_a_point_and_takes_under_a_third_of_the_bytes(int8: Int8Model, digits: Workload) -> None:
     assert abs(evaluate(int8, digits.val) - evaluate(digits.model, digits.val)) <= 0.01
     assert model_size_bytes(int8.quantized) < model_size_bytes(digits.model) / 3 + 8_000  # scales, graph code
+
+
+def test_an_int8_model_is_measured_with_its_packed_size_and_layers(int8: Int8Model, digits: Workload) -> None:
+    """Its quantised graph's state holds dtypes beside tensors: packing passes them through (a trial crashed here)."""
+    dense = measure_dense(digits, device="cpu", threads=1, batch_size=1)
+    measured = measure_against_dense(int8, digits, dense, device="cpu", threads=1, batch_size=1)
+    assert measured.compressed_bytes == compressed_size_bytes(int8.quantized)
+    assert measured.compressed_ratio < 0.5 and len(measured.layers) == 4
 
 
 def test_the_uncalibrated_structure_has_the_int8_models_bytes(int8: Int8Model, digits: Workload) -> None:
