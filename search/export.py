@@ -7,7 +7,7 @@ Formats:
   pruning the dense architecture with the policy (`rebuild_from_policy`), which needs this package.
 An int8 model (search --quantize): onnx is its float model quantised by onnxruntime (QDQ, per-channel int8 weights,
 calibrated on the same training images), checked against the float model within twice the product's own int8
-error and with the same top-1 answers; state_dict is the quantised graph's tensors, which
+error and with other top-1 answers on no more inputs than the product's int8 model gives; state_dict is the quantised graph's tensors, which
 search.quantize.quantized_like loads onto the policy's float architecture; pt2 is refused (torch.export cannot
 trace FX int8's packed weights in torch 2.14).
 Every export is checked before it is kept: the exported model's outputs on validation images must be allclose to the
@@ -157,8 +157,8 @@ def rebuild_from_policy(workload: Workload, policy: dict[str, Any]) -> nn.Module
 def check_export(model: nn.Module, fmt: str, path: Path, workload: Workload, policy: dict[str, Any]) -> float:
     """The largest absolute difference between the exported file's outputs and the model's on validation images (one
     alone, then a batch); ExportError beyond RTOL/ATOL. An int8 ONNX file (onnxruntime's own quantisation) is held
-    to the float model instead: within twice the int8 model's own largest error, and the same top-1 answers but for
-    at most one in CHECK_SAMPLES."""
+    to the float model instead: within twice the int8 model's own largest error, and other top-1 answers on no more
+    inputs than the int8 model itself gives (at least one in CHECK_SAMPLES allowed)."""
     images = next(iter(workload.val))[0][:CHECK_SAMPLES]
     loaded = load_state_dict_export(path, workload, policy) if fmt == "state_dict" else None  # prunes: autograd on
     requantised = isinstance(model, Int8Model) and fmt == "onnx"
@@ -167,26 +167,32 @@ def check_export(model: nn.Module, fmt: str, path: Path, workload: Workload, pol
         with torch.inference_mode():
             expected = model.eval()(inputs)
             got = run_exported(fmt, path, inputs, loaded)
-            bound = None
+            bound, allowed_wrong = None, 0
             if requantised:  # held to the float model, as the int8 model itself is
                 reference = model.float_model(inputs)
-                bound, expected = 2 * float((expected - reference).abs().max()) + ATOL, reference
-        if not _reproduces(got, expected, bound):
+                bound = 2 * float((expected - reference).abs().max()) + ATOL
+                allowed_wrong = max(_wrong_answers(expected, reference), len(inputs) // CHECK_SAMPLES)
+                expected = reference
+        if not _reproduces(got, expected, bound, allowed_wrong):
             raise ExportError(f"the {fmt} export does not reproduce the model (outputs {tuple(got.shape)} against "
                               f"{tuple(expected.shape)} on a batch of {len(inputs)}); nothing written")
         worst = max(worst, float((got - expected).abs().max()))
     return worst
 
 
-def _reproduces(got: torch.Tensor, expected: torch.Tensor, bound: float | None) -> bool:
-    """Allclose at RTOL/ATOL; with a `bound` (an int8 ONNX file against the float model): within it, with the same
-    top-1 answers but for at most one in CHECK_SAMPLES."""
+def _wrong_answers(got: torch.Tensor, expected: torch.Tensor) -> int:
+    """How many inputs get another top-1 answer."""
+    return int((got.argmax(1) != expected.argmax(1)).sum())
+
+
+def _reproduces(got: torch.Tensor, expected: torch.Tensor, bound: float | None, allowed_wrong: int) -> bool:
+    """Allclose at RTOL/ATOL; with a `bound` (an int8 ONNX file against the float model): within it, with other top-1
+    answers on at most `allowed_wrong` inputs."""
     if got.shape != expected.shape:
         return False
     if bound is None:
         return torch.allclose(got, expected, rtol=RTOL, atol=ATOL)
-    wrong = int((got.argmax(1) != expected.argmax(1)).sum())
-    return float((got - expected).abs().max()) <= bound and wrong <= len(got) // CHECK_SAMPLES
+    return float((got - expected).abs().max()) <= bound and _wrong_answers(got, expected) <= allowed_wrong
 
 
 def export_trial(run_dir: Path, fmt: str, trial: int | None = None, out: Path | None = None) -> Path:

@@ -4,6 +4,7 @@ models of a --quantize run as onnxruntime int8 and as a state_dict."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from search.export import main as export_main
 from search.model_files import load_pruned
 from search.pipeline import finish, prepare, run_backend
 from search.workloads import Workload
+from tests.user_workloads import mobilenet_dataloaders
 
 RUN = ["--workload", "digits-cnn", "--budget", "0.5", "--epsilon", "0.05", "--threads", "1", "--finetune-epochs", "0.3",
        "--final-epochs", "0", "--no-sensitivity", "--trials", "3"]
@@ -56,14 +58,20 @@ def run_dir(digits: Workload, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_pareto_model_exports_in_three_formats_that_run_without_this_package(
         run_dir: Path, digits: Workload, tmp_path: Path) -> None:
+    check_float_exports(run_dir, digits, tmp_path)
+
+
+def check_float_exports(run_dir: Path, workload: Workload, tmp_path: Path) -> None:
+    """Every Pareto model of the run, exported in the three formats: ONNX and PT2 run where none of this package can
+    be imported, the state_dict reloads into the policy's architecture, all allclose to the pruned model."""
     pareto = json.loads((run_dir / "pareto.json").read_text())["pareto"]
     assert pareto
-    inputs = next(iter(digits.test))[0][:8]
+    inputs = next(iter(workload.test))[0][:8]
     for entry in pareto:
         number = entry["trial"]
         assert export_main([str(run_dir), "--trial", str(number), "--format", "all"]) == 0
         stem = run_dir / "export" / f"trial-{number:05d}"
-        model = load_pruned(run_dir, f"trials/{number:05d}/model.pt", digits.model)
+        model = load_pruned(run_dir, f"trials/{number:05d}/model.pt", workload.model)
         with torch.no_grad():
             expected = model(inputs)
         case = tmp_path / f"case-{number}.pt"
@@ -73,7 +81,7 @@ def test_every_pareto_model_exports_in_three_formats_that_run_without_this_packa
                               cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
         policy = json.loads(Path(f"{stem}.policy.json").read_text())
-        rebuilt = rebuild_from_policy(digits, policy)
+        rebuilt = rebuild_from_policy(workload, policy)
         rebuilt.load_state_dict(torch.load(f"{stem}.state_dict.pt", weights_only=True))
         with torch.no_grad():
             assert torch.allclose(rebuilt.eval()(inputs), expected, atol=1e-6)
@@ -101,10 +109,16 @@ def int8_run(digits: Workload, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def test_int8_pareto_models_ship_as_onnxruntime_int8_and_as_a_state_dict(int8_run: Path, digits: Workload,
                                                                          tmp_path: Path) -> None:
+    check_int8_exports(int8_run, digits, tmp_path)
+
+
+def check_int8_exports(int8_run: Path, workload: Workload, tmp_path: Path) -> None:
+    """Every int8 Pareto model as onnxruntime int8 (run where none of this package can be imported; held to the float
+    model as the product's int8 model is) and as a state_dict that reloads exactly; no pt2."""
     pareto = json.loads((int8_run / "pareto.json").read_text())["pareto"]
     int8 = [entry for entry in pareto if entry["policy"]["quantize"] == "int8"]
     assert int8
-    inputs = next(iter(digits.test))[0][:64]
+    inputs = next(iter(workload.test))[0][:64]
     torch.save(inputs, tmp_path / "inputs.pt")
     for entry in int8:
         number = entry["trial"]
@@ -112,7 +126,7 @@ def test_int8_pareto_models_ship_as_onnxruntime_int8_and_as_a_state_dict(int8_ru
         assert export_main([str(int8_run), "--trial", str(number), "--format", "all"]) == 0
         stem = int8_run / "export" / f"trial-{number:05d}"
         assert not Path(f"{stem}.pt2").exists()  # torch.export cannot trace FX int8: skipped, said in the log
-        model = load_pruned(int8_run, f"trials/{number:05d}/model.pt", digits.model)
+        model = load_pruned(int8_run, f"trials/{number:05d}/model.pt", workload.model)
         with torch.no_grad():
             expected, reference = model(inputs), model.float_model(inputs)
         done = subprocess.run([sys.executable, "-c", INT8_STANDALONE.format(packages=OUR_PACKAGES),
@@ -120,8 +134,28 @@ def test_int8_pareto_models_ship_as_onnxruntime_int8_and_as_a_state_dict(int8_ru
                               capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-2000:]
         got = torch.load(tmp_path / "out.pt", weights_only=True)
-        assert (got.argmax(1) == reference.argmax(1)).float().mean() >= 0.95
+        own = (expected.argmax(1) == reference.argmax(1)).float().mean()
+        assert (got.argmax(1) == reference.argmax(1)).float().mean() >= min(0.95, own - 0.05)
         assert (got - reference).abs().max() <= 2 * (expected - reference).abs().max() + 1e-4
-        loaded = load_state_dict_export(Path(f"{stem}.state_dict.pt"), digits, entry["policy"])
+        loaded = load_state_dict_export(Path(f"{stem}.state_dict.pt"), workload, entry["policy"])
         with torch.no_grad():
             assert torch.equal(loaded(inputs), expected)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PRUNE_SLOW") != "1", reason="set PRUNE_SLOW=1: MobileNetV3-small trains and "
+                    "searches twice, about 3 minutes")
+def test_a_torchvision_models_pareto_models_export_float_and_int8(tmp_path: Path) -> None:
+    """MobileNetV3-small (tests.user_workloads, as a user passes it with --workload module:function): every Pareto
+    model of a float run in the three formats, and every int8 one of a --quantize run as ONNX int8 and state_dict."""
+    workload = mobilenet_dataloaders()
+    runs = {}
+    for name, extra in (("float", []), ("int8", ["--quantize", "--cost", "size", "--budget", "0.3"])):
+        config = parse_config([*RUN, "--workload", "tests.user_workloads:mobilenet_dataloaders", "--trials", "6",
+                               *extra, "--out", str(tmp_path / name)])
+        study, ctx = prepare(config, workload)
+        run_backend(study, ctx)
+        finish(study, ctx, show=False)
+        runs[name] = config.out
+    check_float_exports(runs["float"], workload, tmp_path)
+    check_int8_exports(runs["int8"], workload, tmp_path)
