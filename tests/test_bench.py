@@ -28,12 +28,12 @@ SEEDS = 2
 def test_bench_on_digits_gives_every_arm_the_same_final_stage(cache_dir: Path, digits, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     result = subprocess.run([sys.executable, "-m", "search.bench", "--workload", "digits-cnn",
-                             "--budgets", "0.35,0.7", "--latency-budgets", "0.8", "--seeds", str(SEEDS),
+                             "--budgets", "0.5", "--latency-budgets", "0.8", "--seeds", str(SEEDS),
                              "--trials", "5", "--threads", "1", "--out", str(out)], cwd=ROOT, capture_output=True,
                             text=True, timeout=900, env={**os.environ, "PRUNE_SEARCH_CACHE": str(cache_dir)})
     assert result.returncode == 0, result.stderr[-3000:]
     bench = json.loads((out / "bench.json").read_text())
-    assert set(bench["budgets"]) == {"0.35", "0.7", "latency-0.8"} and bench["seeds"] == SEEDS
+    assert set(bench["budgets"]) == {"0.5", "latency-0.8"} and bench["seeds"] == SEEDS
     for budget, row in bench["budgets"].items():
         assert set(row) == (LATENCY_ARMS if budget.startswith("latency") else ARMS)
         for arm, r in row.items():
@@ -51,7 +51,7 @@ def test_bench_on_digits_gives_every_arm_the_same_final_stage(cache_dir: Path, d
     assert screening["pairs"] >= 3 and screening["seconds_per_candidate"] > 0
     assert screening["spearman"] is not None and -1 <= screening["spearman"] <= 1
     markdown = (out / "bench.md").read_text()
-    assert "## Budget 0.35" in markdown and "Verdict: search_own" in markdown
+    assert "## Budget 0.5" in markdown and "Verdict: search_own" in markdown
 
 
 def test_screening_rank_correlation_uses_the_fine_tuned_accuracy() -> None:

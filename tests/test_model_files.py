@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +9,7 @@ import torch
 
 from pruners import bake, prune
 from reports import ReportError, load_records
+from reports.__main__ import main as reports_main
 from search.model_files import ModelFileError, load_pruned, save_pruned
 from search.workloads.models import resnet20
 from tests.conftest import ROOT
@@ -75,11 +74,11 @@ def test_a_link_out_of_the_folder_is_refused(tmp_path: Path) -> None:
         load_pruned(run, "trials/model.pt", resnet20())
 
 
-def test_the_reports_cli_refuses_such_a_study(tmp_path: Path) -> None:
+def test_the_reports_cli_refuses_such_a_study(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     make_study(run, [{**complete_attrs(run, 1, "channel", 0.95, 0.4, 0.6), "model_path": "../../x.pt"}])
-    result = subprocess.run([sys.executable, "-m", "reports", str(run)], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 2 and "outside" in result.stderr and "Traceback" not in result.stderr
+    assert reports_main([str(run)]) == 2  # in process: tests/test_reports.py runs the real entry point
+    assert "outside" in capsys.readouterr().err
     assert not (run / "best").exists() and not (run / "pareto.json").exists()
 
 

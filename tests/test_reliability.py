@@ -137,14 +137,15 @@ def test_taylor_ranks_with_a_dataloader_batch_on_a_torchvision_model(mobilenet: 
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in mobilenet.model.parameters())
 
 
-def test_a_user_workload_with_dataloaders_and_a_torchvision_model_searches(mobilenet: Workload, cache_dir: Path,
+def test_a_user_workload_with_dataloaders_and_a_torchvision_model_searches(mobilenet: Workload, run_main,
                                                                           tmp_path: Path) -> None:
     out = tmp_path / "run"
-    # --no-sensitivity: the map would prune each of MobileNetV3's many groups three times (85 s of the suite's time)
-    result = run_cli(["--workload", "tests.user_workloads:mobilenet_dataloaders", "--trials", "3", "--threads", "1",
-                      "--finetune-epochs", "0.3", "--final-epochs", "0", "--no-sensitivity", "--out", str(out)],
-                     cache_dir, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # --no-sensitivity: the map would prune each of MobileNetV3's many groups three times (85 s of the suite's time);
+    # in process, the workload reuses the fixture's training
+    code, stderr = run_main(["--workload", "tests.user_workloads:mobilenet_dataloaders", "--trials", "3", "--threads",
+                             "1", "--finetune-epochs", "0.3", "--final-epochs", "0", "--no-sensitivity", "--out",
+                             str(out)])
+    assert code == 0, stderr[-3000:]
     trials = study_of(out).trials
     assert not [t.user_attrs.get("failure") for t in trials if t.state == TrialState.FAIL]
     pareto = json.loads((out / "pareto.json").read_text())

@@ -2,6 +2,8 @@
 model, and the mistakes the CLI must turn into one-line errors."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torchvision
 from torch import nn
@@ -59,12 +61,25 @@ def untrained() -> Workload:
     return _workload(model.eval(), _loaders(), "untrained")
 
 
-def mobilenet_dataloaders() -> Workload:
-    """torchvision's MobileNetV3-small (half width) trained briefly on digits at 32x32, with plain DataLoaders."""
+def _mobilenet() -> nn.Module:
+    return torchvision.models.mobilenet_v3_small(weights=None, num_classes=10, width_mult=0.5)
+
+
+@functools.cache
+def _trained_mobilenet_state() -> dict[str, torch.Tensor]:
+    """MobileNetV3-small's weights after its brief training, trained once per process: the tests that use it and the
+    searches they run in process share one training."""
     torch.manual_seed(0)
     loaders = _loaders(size=32, channels=3)
-    model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=10, width_mult=0.5)
+    model = _mobilenet()
     train(model, loaders["train"], epochs=MOBILENET_EPOCHS, lr=0.05)
     recalibrate_batchnorm(model, loaders["train"])  # its BN momentum of 0.01 leaves running stats far behind
-    return _workload(model.eval(), loaders, "mobilenet-digits")
+    return {key: value.clone() for key, value in model.state_dict().items()}
+
+
+def mobilenet_dataloaders() -> Workload:
+    """torchvision's MobileNetV3-small (half width) trained briefly on digits at 32x32, with plain DataLoaders."""
+    model = _mobilenet()
+    model.load_state_dict(_trained_mobilenet_state())
+    return _workload(model.eval(), _loaders(size=32, channels=3), "mobilenet-digits")
 
