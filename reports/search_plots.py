@@ -45,6 +45,8 @@ def history_figures(study: optuna.Study) -> list[go.Figure]:
         figure = _quietly(lambda n=name, i=index: optuna.visualization.plot_optimization_history(
             study, target=_target(i), target_name=n))
         figure.update_layout(title=f"Optimisation history: {name}", height=420)
+        figure.for_each_trace(lambda trace: trace.update(showlegend=True, name="infeasible (over budget or epsilon)"),
+                              selector={"name": "Infeasible Trial"})  # Optuna draws them grey with no legend entry
         figures.append(figure)
     return figures
 
