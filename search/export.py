@@ -8,8 +8,8 @@ Formats:
 An int8 model (search --quantize): onnx is its float model quantised by onnxruntime (QDQ, per-channel int8 weights,
 calibrated on the same training images), checked against the float model within twice the product's own int8
 error and with other top-1 answers on no more inputs than the product's int8 model gives; state_dict is the
-quantised graph's tensors, which search.quantize.quantized_like loads onto the policy's float architecture; pt2 is refused (torch.export cannot
-trace FX int8's packed weights in torch 2.14).
+quantised graph's tensors, which search.quantize.quantized_like loads onto the policy's float architecture; pt2 is
+refused (torch.export cannot trace FX int8's packed weights in torch 2.14).
 Every export is checked before it is kept: the exported model's outputs on validation images must be allclose to the
 pruned model's, else nothing is written. Files go to RUN_DIR/export/trial-NNNNN.{onnx,pt2,state_dict.pt} (and
 trial-NNNNN.policy.json), or to --out. The model is read from the run folder's weights file (nothing unpickled).
