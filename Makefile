@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 CHROMIUM := /usr/bin/chromium
 ARGS ?= --budget 0.5
+# The pip install and the apt installs (data, then Chromium: apt takes one lock) run side by side.
+MAKEFLAGS += -j3
 
 .PHONY: setup setup-dev data browser run test clean
 
@@ -35,7 +37,7 @@ data:
 
 # Chromium from Debian's package, for tests/test_report_browser.py (Playwright drives it; its own browser download
 # is not used): as root, or through sudo only when it needs no password; otherwise that test is skipped, saying why.
-browser:
+browser: data
 	@if [ -x $(CHROMIUM) ]; then exit 0; fi; \
 	NOTE="note: $(CHROMIUM) is missing, so the browser test is skipped; install Debian's chromium package"; \
 	if ! command -v apt-get >/dev/null 2>&1; then echo "$$NOTE"; exit 0; fi; \

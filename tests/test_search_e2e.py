@@ -90,18 +90,18 @@ def test_baselines_come_first_and_are_labelled(finished_run: Path) -> None:
     assert "space" in study.user_attrs and "groups" in study.user_attrs["space"]
 
 
-def test_rerun_with_same_out_continues_without_rerunning(finished_run: Path, cache_dir: Path) -> None:
+def test_rerun_with_same_out_continues_without_rerunning(finished_run: Path, run_main) -> None:
     before = json.loads((finished_run / "pareto.json").read_text())
-    result = run_cli([*FAST, "--trials", "10", "--out", str(finished_run)], cache_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
+    code, stderr = run_main([*FAST, "--trials", "10", "--out", str(finished_run)])
+    assert code == 0, stderr[-3000:]
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{finished_run / 'study.db'}")
     assert len(study.trials) == 10  # eight kept, two new, none re-run
     assert json.loads((finished_run / "pareto.json").read_text())["dense"] == before["dense"]
 
 
-def test_a_different_search_in_the_same_folder_is_refused(finished_run: Path, cache_dir: Path) -> None:
-    result = run_cli([*FAST[:2], "--budget", "0.3", "--trials", "1", "--out", str(finished_run)], cache_dir)
-    assert result.returncode == 2 and "--out" in result.stderr and "budget" in result.stderr
+def test_a_different_search_in_the_same_folder_is_refused(finished_run: Path, run_main) -> None:
+    code, stderr = run_main([*FAST[:2], "--budget", "0.3", "--trials", "1", "--out", str(finished_run)])
+    assert code == 2 and "--out" in stderr and "budget" in stderr
 
 
 def test_kill_9_mid_run_then_resume_keeps_finished_trials(cache_dir: Path, digits, tmp_path: Path) -> None:
