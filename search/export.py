@@ -9,7 +9,7 @@ An int8 model (search --quantize): onnx is its float model quantised by onnxrunt
 calibrated on the same training images), checked against the float model within twice the product's own int8
 error and with other top-1 answers on no more inputs than the product's int8 model gives; state_dict is the
 quantised graph's tensors, which search.quantize.quantized_like loads onto the policy's float architecture; pt2 is
-refused (torch.export cannot trace FX int8's packed weights in torch 2.14).
+the quantised graph in standard aten ops (export_int8_pt2), held to the float model as the onnx file is.
 Every export is checked before it is kept: the exported model's outputs on validation images must be allclose to the
 pruned model's, else nothing is written. Files go to RUN_DIR/export/trial-NNNNN.{onnx,pt2,state_dict.pt} (and
 trial-NNNNN.policy.json), or to --out. The model is read from the run folder's weights file (nothing unpickled).
@@ -21,6 +21,7 @@ import json
 import logging
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ class ExportError(ValueError):
 
 
 class UnsupportedFormat(ExportError):
-    """This kind of model has no export in this format (a dynamic state_dict, an int8 pt2); --format all skips it."""
+    """This kind of model has no export in this format (a dynamic model's state_dict); --format all skips it."""
 
 
 def exported_trial(run_dir: Path, trial: int | None) -> tuple[TrialRecord, dict]:
@@ -120,6 +121,21 @@ def export_int8_onnx(model: Int8Model, workload: Workload, path: Path) -> Path:
     return path
 
 
+def export_int8_pt2(model: Int8Model, example_inputs: torch.Tensor, path: Path) -> Path:
+    """An ExportedProgram of the int8 `model` in standard aten ops. torch.export cannot trace FX int8's packed weights
+    (torch 2.14), so the quantised graph is traced by TorchScript and converted by torch's TorchScript-to-export
+    converter (torch._export.converter, private; torch is pinned), which rewrites each quantised op as a float op on
+    dequantised weights with quantisation simulated (round, clamp, scale): int8 arithmetic, float kernels."""
+    from torch._export.converter import TS2EPConverter
+
+    sample = example_inputs[:1].expand(2, *example_inputs.shape[1:]).clone().cpu()  # batch 1 would be specialised
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notices and the converter's unused-state notes
+        program = TS2EPConverter(torch.jit.trace(model.quantized, (sample,)), (sample,)).convert()
+    torch.export.save(program, str(path))
+    return path
+
+
 def run_exported(fmt: str, path: Path, inputs: torch.Tensor, loaded: nn.Module | None = None) -> torch.Tensor:
     """The exported file's outputs on `inputs`: onnxruntime, torch.export.load, or a state_dict export `loaded`
     (load_state_dict_export)."""
@@ -156,19 +172,20 @@ def rebuild_from_policy(workload: Workload, policy: dict[str, Any]) -> nn.Module
 
 def check_export(model: nn.Module, fmt: str, path: Path, workload: Workload, policy: dict[str, Any]) -> float:
     """The largest absolute difference between the exported file's outputs and the model's on validation images (one
-    alone, then a batch); ExportError beyond RTOL/ATOL. An int8 ONNX file (onnxruntime's own quantisation) is held
-    to the float model instead: within twice the int8 model's own largest error, and other top-1 answers on no more
-    inputs than the int8 model itself gives (at least one in CHECK_SAMPLES allowed)."""
+    alone, then a batch); ExportError beyond RTOL/ATOL. An int8 ONNX file (onnxruntime's own quantisation) or PT2 file
+    (quantisation simulated in float kernels) is held to the float model instead: within twice the int8 model's own
+    largest error, and other top-1 answers on no more inputs than the int8 model itself gives (at least one in
+    CHECK_SAMPLES allowed)."""
     images = next(iter(workload.val))[0][:CHECK_SAMPLES]
     loaded = load_state_dict_export(path, workload, policy) if fmt == "state_dict" else None  # prunes: autograd on
-    requantised = isinstance(model, Int8Model) and fmt == "onnx"
+    held_to_float = isinstance(model, Int8Model) and fmt != "state_dict"  # int8 redone by onnxruntime, or simulated
     worst = 0.0
     for inputs in (images[:1], images):
         with torch.inference_mode():
             expected = model.eval()(inputs)
             got = run_exported(fmt, path, inputs, loaded)
             bound, allowed_wrong = None, 0
-            if requantised:  # held to the float model, as the int8 model itself is
+            if held_to_float:  # as the int8 model itself is
                 reference = model.float_model(inputs)
                 bound = 2 * float((expected - reference).abs().max()) + ATOL
                 allowed_wrong = max(_wrong_answers(expected, reference), len(inputs) // CHECK_SAMPLES)
@@ -186,7 +203,7 @@ def _wrong_answers(got: torch.Tensor, expected: torch.Tensor) -> int:
 
 
 def _reproduces(got: torch.Tensor, expected: torch.Tensor, bound: float | None, allowed_wrong: int) -> bool:
-    """Allclose at RTOL/ATOL; with a `bound` (an int8 ONNX file against the float model): within it, with other top-1
+    """Allclose at RTOL/ATOL; with a `bound` (an int8 file against the float model): within it, with other top-1
     answers on at most `allowed_wrong` inputs."""
     if got.shape != expected.shape:
         return False
@@ -205,15 +222,14 @@ def export_trial(run_dir: Path, fmt: str, trial: int | None = None, out: Path | 
                                 "batch path), or load best/model.weights.pt with best/model.exits.pt "
                                 "(search.model_files)")
     int8 = isinstance(model, Int8Model)
-    if int8 and fmt == "pt2":
-        raise UnsupportedFormat(f"trial {record.number} is int8: torch.export cannot trace FX int8's packed weights "
-                                "(torch 2.14); export it as onnx (onnxruntime int8) or state_dict")
     stem = f"trial-{record.number:05d}"
     target = out or run_dir / "export" / f"{stem}{SUFFIXES[fmt]}"
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / f"{stem}{SUFFIXES[fmt]}"
         if int8 and fmt == "onnx":
             written = export_int8_onnx(model, workload, path)
+        elif int8 and fmt == "pt2":
+            written = export_int8_pt2(model, workload.example_inputs, path)
         else:
             written = export_model(model.quantized if int8 else model, workload.example_inputs, fmt, path)
         difference = check_export(model, fmt, written, workload, record.policy or {})
