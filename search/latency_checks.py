@@ -56,8 +56,9 @@ def time_both_batches(study: optuna.Study, front: list[TrialRecord], ctx: TrialC
 
 
 def remeasure_pick(study: optuna.Study, ctx: TrialContext) -> None:
-    """--cost latency: re-time the pick with REMEASURE_ROUNDS rounds; while its ratio misses the budget, the next
-    cheapest feasible model is re-timed in turn (at most MAX_REMEASURED), so the pick's bound is honest."""
+    """--cost latency: re-time the pick with REMEASURE_ROUNDS rounds, until the pick is a re-timed model (at most
+    MAX_REMEASURED), so the pick's bound is honest: a re-timed ratio over the budget leaves the pick, and one that
+    rose above another feasible model's search timing hands the pick to that model, which is re-timed in turn."""
     config = ctx.config
     if config.cost != "latency":
         return
@@ -76,7 +77,7 @@ def remeasure_pick(study: optuna.Study, ctx: TrialContext) -> None:
                  "the search)", len(rounds), best.number, entry["latency_ratio"], entry["p10"], entry["p90"],
                  best.latency_ratio)
         if entry["latency_ratio"] <= config.budget:
-            return
+            continue  # still the pick unless another model's search timing is now lower: the next round tells
         log.warning("trial %d's re-measured latency ratio %.3f is over the budget %g: it is not the pick",
                     best.number, entry["latency_ratio"], config.budget)
     best = select_best(load_records(storage_url(ctx.run_dir)).trials, config.budget, config.epsilon)
