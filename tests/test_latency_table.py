@@ -3,6 +3,7 @@ by a latency-cost search (fitting, unreachable masked methods, the pick's re-mea
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,6 @@ import torch
 
 from pruners import get_method, prune
 from reports import load_records, select_best
-from reports.selection import within_budget
 from search.config import parse_config
 from search.fit import unreachable_methods
 from search.measure import compare_latency
@@ -131,9 +131,9 @@ def test_latency_cost_run_on_digits_ends_with_a_pick_within_budget_or_says_why(c
 
 def test_the_pick_is_re_measured_even_when_a_re_timing_hands_the_pick_to_another_model(
         digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every re-timing comes out at 0.99 (within the budget of 1.0, but above the other feasible models' search
-    timings): the pick moves to the next model each time, and the pick left at the end was re-timed itself (runs/q3
-    ended with a pick that never was)."""
+    """Every re-timing comes out above every feasible model's search timing, within the budget: the pick moves to the
+    next model each time, and the pick left at the end was re-timed itself (runs/q3 ended with a pick that never
+    was)."""
     from search import latency_checks
     from search.pipeline import prepare, run_backend
     config = parse_config(["--workload", "digits-cnn", "--cost", "latency", "--budget", "1.0", "--trials", "4",
@@ -141,14 +141,16 @@ def test_the_pick_is_re_measured_even_when_a_re_timing_hands_the_pick_to_another
                            "--batch-size", "64", "--out", str(tmp_path / "run")])
     study, ctx = prepare(config, digits)
     run_backend(study, ctx)
-    feasible = [r for r in load_records(storage_url(ctx.run_dir)).trials if within_budget(r, 1.0)
-                and r.is_complete and r.accuracy_loss <= 0.5]
-    assert len(feasible) >= 2 and all(r.latency_ratio < 0.99 for r in feasible)
-    near = {"pruned": {"ratio": 0.99, "round_p50_ms": [0.99] * 25}, "dense": {"round_p50_ms": [1.0] * 25}}
+    feasible = [r for r in load_records(storage_url(ctx.run_dir)).trials if r.is_complete and r.accuracy_loss <= 0.5]
+    assert len(feasible) >= 2
+    # a budget over every search timing (tiny models at batch 64 sometimes time over dense), and re-timings between
+    ratio = max(r.latency_ratio for r in feasible) + 0.05
+    ctx = replace(ctx, config=replace(ctx.config, budget=ratio + 0.05))
+    near = {"pruned": {"ratio": ratio, "round_p50_ms": [ratio] * 25}, "dense": {"round_p50_ms": [1.0] * 25}}
     monkeypatch.setattr(latency_checks, "_timed", lambda *_args, **_kwargs: near)
     latency_checks.remeasure_pick(study, ctx)
-    best = select_best(load_records(storage_url(ctx.run_dir)).trials, 1.0, 0.5)
-    assert best.latency_ratio_p10 is not None and best.latency_ratio == 0.99
+    best = select_best(load_records(storage_url(ctx.run_dir)).trials, ctx.config.budget, 0.5)
+    assert best.latency_ratio_p10 is not None and best.latency_ratio == ratio
 
 
 def test_a_pick_left_unmeasured_after_every_remeasure_missed_is_an_error(digits, tmp_path: Path,
