@@ -6,14 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-import optuna
-
 from reports.atomic import write_bytes, write_text
 from reports.best import write_best
 from reports.content import ReportInputs, build_sections, report_title
 from reports.html import render_html
 from reports.markdown import PLOTS_DIR, render_markdown
-from reports.records import ReportError, load_records
+from reports.records import ReportError, open_study, study_records
 from reports.selection import pareto_front, select_best
 from reports.summary import build_summary, to_json
 from reports.trials_csv import trials_csv
@@ -46,14 +44,13 @@ def write_report(run_dir: Path, storage: str | None = None, study_name: str = "s
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ReportError(f"run folder {run_dir} does not exist")
-    url = storage_for(run_dir, storage)
-    records = load_records(url, study_name)
+    study = open_study(storage_for(run_dir, storage), study_name)  # one read serves the records and Optuna's plots
+    records = study_records(study)
     info, trials = records.info, records.trials
     front = pareto_front(trials)
     best = select_best(trials, info.budget, info.epsilon)
     best_files = write_best(run_dir, best, info.epsilon)
     summary = build_summary(info, trials, front, best)
-    study = optuna.load_study(study_name=study_name, storage=url)
     sections = build_sections(ReportInputs(info, trials, front, best, best_files, read_replay(run_dir), study))
     title = report_title(info)
     for image in (image for section in sections for image in section.images):

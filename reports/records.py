@@ -258,10 +258,19 @@ def load_records(storage: str, study_name: str = "search", final: bool = True) -
 
     With `final`, trials that had the final fine-tune carry its metrics (else their search-time ones).
     """
+    return study_records(open_study(storage, study_name), final)
+
+
+def open_study(storage: str, study_name: str = "search") -> optuna.Study:
+    """The study named `study_name` in `storage`; ReportError if there is none."""
     try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
+        return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError as error:
         raise ReportError(f"no study named {study_name!r} in {storage}") from error
+
+
+def study_records(study: optuna.Study, final: bool = True) -> StudyRecords:
+    """A loaded study flattened into records (load_records' second half, for a caller that keeps the study)."""
     attrs = study.user_attrs
     info = run_info(attrs)
     tested = attrs.get(TEST_ACCURACY_ATTR) or {}
