@@ -48,6 +48,7 @@ def open_study(config: RunConfig, run_dir: Path) -> optuna.Study:
     """Create the study, or load it to resume; a run folder holding another search, or no readable study, is refused."""
     run_dir.mkdir(parents=True, exist_ok=True)
     try:
+        create_tables_whole(run_dir / "study.db")
         study = optuna.create_study(storage=storage_url(run_dir), study_name=STUDY_NAME, load_if_exists=True,
                                     directions=["minimize", "minimize"], sampler=make_sampler(config))
     except (sqlalchemy.exc.SQLAlchemyError, ValueError, KeyError) as error:
@@ -58,6 +59,19 @@ def open_study(config: RunConfig, run_dir: Path) -> optuna.Study:
     if study.metric_names != list(METRIC_NAMES):
         study.set_metric_names(list(METRIC_NAMES))
     return study
+
+
+def create_tables_whole(path: Path) -> None:
+    """Give a new study.db Optuna's tables under another name, then move it into place. Optuna creates its tables
+    without a lock: a reader opening the file meanwhile (optuna-dashboard, a script watching the run) creates them
+    too, and one of the two fails ("table studies already exists", a UNIQUE alembic_version), so no one may see the
+    file half-made."""
+    if path.exists():
+        return
+    partial = path.with_name(path.name + ".partial")
+    partial.unlink(missing_ok=True)  # left by a run killed while creating it
+    optuna.storages.RDBStorage(f"sqlite:///{partial.resolve()}").engine.dispose()
+    partial.replace(path)
 
 
 def check_same_search(stored: dict | None, asked: dict, run_dir: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import sqlite3
+import threading
 from pathlib import Path
 
 import optuna
@@ -16,6 +18,7 @@ from search.baselines import baseline_points
 from search.config import parse_config
 from search.export import main as export_main
 from search.pipeline import finish, prepare, run_backend
+from search.study import open_study
 from search.training import train
 from search.trial import calibration_options, evaluate_point
 from search.workloads import Workload, build_workload
@@ -91,6 +94,35 @@ class NaNBatches:
     def __iter__(self):  # noqa: ANN204
         for inputs, labels in self.loader:
             yield torch.full_like(inputs, float("nan")), labels
+
+
+def test_study_db_is_never_seen_half_made(tmp_path: Path) -> None:
+    """A reader opening study.db while Optuna creates its tables made the run fail ("table studies already exists");
+    the file must appear whole, with Optuna's schema version, or not at all."""
+    config = parse_config([*QUICK, "--out", str(tmp_path / "run")])
+    half_made: list[str] = []
+    done = threading.Event()
+
+    def watch(path: Path) -> None:
+        while not done.is_set():
+            if path.exists():
+                try:
+                    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+                        if not db.execute("SELECT version_num FROM alembic_version").fetchall():
+                            half_made.append("no schema version")
+                except sqlite3.OperationalError as error:
+                    half_made.append(str(error))
+    for attempt in range(3):
+        run_dir = tmp_path / f"run{attempt}"
+        done.clear()
+        watcher = threading.Thread(target=watch, args=(run_dir / "study.db",))
+        watcher.start()
+        try:
+            open_study(config, run_dir)
+        finally:
+            done.set()
+            watcher.join()
+    assert not half_made, half_made[:3]
 
 
 def test_an_error_in_the_final_stage_still_writes_the_report(digits: Workload, tmp_path: Path) -> None:

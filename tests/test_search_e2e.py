@@ -108,8 +108,10 @@ def test_a_different_search_in_the_same_folder_is_refused(finished_run: Path, ru
 def test_kill_9_mid_run_then_resume_keeps_finished_trials(cache_dir: Path, digits, tmp_path: Path) -> None:
     out = tmp_path / "run"
     env = {**os.environ, "PRUNE_SEARCH_CACHE": str(cache_dir)}
-    process = subprocess.Popen([sys.executable, "-m", "search.run", *FAST, "--trials", "6", "--out", str(out)],
-                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "stderr.txt"
+    with log.open("w") as stderr:
+        process = subprocess.Popen([sys.executable, "-m", "search.run", *FAST, "--trials", "6", "--out", str(out)],
+                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     storage = f"sqlite:///{out / 'study.db'}"
     deadline = time.monotonic() + 240
     finished: list[int] = []
@@ -127,7 +129,7 @@ def test_kill_9_mid_run_then_resume_keeps_finished_trials(cache_dir: Path, digit
                                           and datetime.now() - t.datetime_start < timedelta(seconds=0.5)
                                           for t in trials):
                 break
-    assert process.poll() is None, "the run ended before it could be killed"
+    assert process.poll() is None, f"the run ended before it could be killed: {log.read_text()[-3000:]}"
     process.send_signal(signal.SIGKILL)
     process.wait()
     kept = {t.number: t.user_attrs["accuracy"] for t in optuna.load_study(study_name="search", storage=storage).trials
