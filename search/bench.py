@@ -7,7 +7,9 @@ Arms at each FLOPs budget (--budgets), one dense model:
 - random_search: random sampling over the same space as `search`, the same number of trials;
 - uniform_l1, tp_global, uniform_magnitude: the hand-picked baselines (the studies' warm-start trials).
 At each latency budget (--latency-budgets): search and search_own against uniform_l1 and tp_global, every one
-fitted to the same measured latency.
+fitted to the same measured latency; with `--arms ...,dynamic`, also `dynamic` (the search over the dynamic methods:
+a channel-pruned backbone with early exits, priced by its mean measured batch-1 latency) against `search`, the best
+static channel-pruned model the search found.
 Fair by construction: every arm has one candidate, and every candidate gets the same final fine-tune (--final-epochs,
 the product's recipe, re-pruned from its policy) under each of --seeds seeds; rows give the mean and the spread, and
 the verdict calls a difference a win only beyond the spread. A baseline's candidate is its warm-start trial; a search
@@ -48,11 +50,15 @@ from search.workloads import Workload, build_workload
 log = logging.getLogger("search.bench")
 STRUCTURED = tuple(faster_methods())
 EVERY_METHOD = tuple(m for m in available_methods() if get_method(m).knob != "pattern")
+DYNAMIC = tuple(m for m in available_methods() if get_method(m).dynamic)
 SEARCH_ARMS = {"search": (STRUCTURED, "tpe"), "search_all": (EVERY_METHOD, "tpe"),
-               "random_search": (STRUCTURED, "random")}
+               "random_search": (STRUCTURED, "random"), "dynamic": (DYNAMIC, "tpe")}
+SEARCH_ARMS_BY_COST = {"flops": ("search", "search_all", "random_search"),  # the searches run at each budget kind
+                       "latency": ("search", "dynamic")}  # the structured search, and dynamic if asked for
 BASELINES = ("uniform_l1", "tp_global", "uniform_magnitude")
 STRUCTURED_BASELINES = ("uniform_l1", "tp_global")
-ARMS = ("search", "search_own", "search_all", "random_search", *BASELINES)
+ARMS = ("search", "search_own", "search_all", "random_search", *BASELINES, "dynamic")
+DEFAULT_ARMS = tuple(a for a in ARMS if a != "dynamic")  # dynamic runs only when asked for: a search more per budget
 BENCH_TARGET_FLOOR = 0.95  # the benchmark asks for the most accurate model at each budget: aim trials near it
 
 
@@ -63,8 +69,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, RunConfig]:
                         help="comma-separated latency budgets: the structured search against the structured baselines "
                              "fitted to the same measured latency (default: none)")
     parser.add_argument("--final-epochs", type=float, default=1.0, help="fine-tuning of every final model, in epochs")
-    parser.add_argument("--arms", default=",".join(ARMS),
-                        help=f"comma-separated arms to report (default: all of {','.join(ARMS)})")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                        help=f"comma-separated arms to report, among {','.join(ARMS)} (default: all but dynamic, "
+                             "which runs at latency budgets only)")
     parser.add_argument("--promote", type=int, default=4,
                         help="successive halving over each search arm's N best trials within budget before its final "
                              "fine-tune (1: the most accurate goes on as it is)")
@@ -149,8 +156,8 @@ def run_bench(args: argparse.Namespace, base: RunConfig) -> dict[str, Any]:
         candidates: dict[str, tuple[TrialRecord | None, float, RunConfig]] = {}
         at_budget: list[TrialRecord] = []
         for arm, (methods, sampler) in SEARCH_ARMS.items():
-            if cost == "latency" and arm != "search":
-                continue  # at a latency budget: the structured search against the structured baselines
+            if arm not in SEARCH_ARMS_BY_COST[cost]:
+                continue
             wanted = arm in args.arms or (arm == "search_all" and "uniform_magnitude" in args.arms)
             if arm != "search" and not wanted:
                 continue  # the search always runs: it is what the benchmark measures
@@ -254,7 +261,7 @@ def bench_markdown(bench: dict[str, Any]) -> str:
             lines.append(f"| {arm} | {r['method']} | {100 * r['accuracy']:.2f}% | {100 * r['test_accuracy_mean']:.2f}"
                          f"% ± {100 * r['test_accuracy_sd']:.2f} | {runs} | {r['flops_ratio']:.3f} | "
                          f"{r['latency_ratio']:.3f} | {r['seconds']:.0f} | {note} |")
-        lines += ["", verdict(row), ""]
+        lines += ["", verdict(row), *([dynamic_verdict(row)] if "dynamic" in row else []), ""]
     s = bench["screening"]
     rho = "n/a" if s["spearman"] is None else f"{s['spearman']:.3f}"
     cost = "n/a" if s["seconds_per_candidate"] is None else f"{s['seconds_per_candidate']:.2f} s"
@@ -269,19 +276,29 @@ def bench_markdown(bench: dict[str, Any]) -> str:
 
 
 def verdict(row: dict[str, dict | None]) -> str:
-    """search_own against the best structured baseline within budget, by mean test accuracy: a win or a loss only
-    beyond the two arms' spreads added (their standard deviations over the seeds), else a tie."""
-    own = row.get("search_own")
-    baselines = [(name, row[name]) for name in STRUCTURED_BASELINES if row.get(name) and not row[name]["over_budget"]]
-    if own is None or own["over_budget"] or not baselines:
-        return "Verdict: nothing to compare (no own search model or no baseline within budget)."
-    name, best = max(baselines, key=lambda item: item[1]["test_accuracy_mean"])
+    """search_own against the best structured baseline within budget, by mean test accuracy."""
+    return compared(row, "search_own", STRUCTURED_BASELINES)
+
+
+def dynamic_verdict(row: dict[str, dict | None]) -> str:
+    """dynamic against the structured search's pick: the best static channel-pruned model at the same budget."""
+    return compared(row, "dynamic", ("search",))
+
+
+def compared(row: dict[str, dict | None], arm: str, against: tuple[str, ...]) -> str:
+    """`arm` against the best of `against` within budget, by mean test accuracy: a win or a loss only beyond the two
+    arms' spreads added (their standard deviations over the seeds), else a tie."""
+    own = row.get(arm)
+    others = [(name, row[name]) for name in against if row.get(name) and not row[name]["over_budget"]]
+    if own is None or own["over_budget"] or not others:
+        return f"Verdict: {arm} against {', '.join(against)}: nothing to compare (no model within budget on one side)."
+    name, best = max(others, key=lambda item: item[1]["test_accuracy_mean"])
     gap = own["test_accuracy_mean"] - best["test_accuracy_mean"]
     if own["final_finetunes"] < 2:
-        return f"Verdict: search_own {100 * gap:+.2f} pt against {name}, one seed: no spread to judge it by."
+        return f"Verdict: {arm} {100 * gap:+.2f} pt against {name}, one seed: no spread to judge it by."
     spread = own["test_accuracy_sd"] + best["test_accuracy_sd"]
     word = "win" if gap > spread else "loss" if gap < -spread else "tie (within the spread)"
-    return f"Verdict: search_own {100 * gap:+.2f} pt against {name}, spread {100 * spread:.2f} pt: {word}."
+    return f"Verdict: {arm} {100 * gap:+.2f} pt against {name}, spread {100 * spread:.2f} pt: {word}."
 
 
 def main(argv: list[str] | None = None) -> int:

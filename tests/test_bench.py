@@ -1,5 +1,5 @@
-"""The benchmark on digits-cnn writes bench.json and bench.md: every arm at two FLOPs budgets and a latency budget,
-the same final stage for each; and its screening statistic."""
+"""The benchmark on digits-cnn writes bench.json and bench.md: every arm at a FLOPs budget and a latency budget (the
+dynamic arm there too), the same final stage for each; and its screening statistic."""
 from __future__ import annotations
 
 import json
@@ -19,7 +19,7 @@ from search.study import storage_url
 from tests.conftest import ROOT
 
 ARMS = {"search", "search_own", "search_all", "random_search", "uniform_l1", "tp_global", "uniform_magnitude"}
-LATENCY_ARMS = {"search", "search_own", "uniform_l1", "tp_global"}
+LATENCY_ARMS = {"search", "search_own", "uniform_l1", "tp_global", "dynamic"}  # dynamic: asked for by --arms
 ROW_KEYS = {"accuracy", "test_accuracy", "flops_ratio", "latency_ratio", "seconds", "test_accuracy_runs",
             "test_accuracy_mean", "test_accuracy_sd", "final_finetunes", "over_budget"}
 SEEDS = 2
@@ -29,6 +29,7 @@ def test_bench_on_digits_gives_every_arm_the_same_final_stage(cache_dir: Path, d
     out = tmp_path / "bench"
     result = subprocess.run([sys.executable, "-m", "search.bench", "--workload", "digits-cnn",
                              "--budgets", "0.5", "--latency-budgets", "0.8", "--seeds", str(SEEDS),
+                             "--arms", ",".join(ARMS | {"dynamic"}),
                              "--trials", "5", "--threads", "1", "--out", str(out)], cwd=ROOT, capture_output=True,
                             text=True, timeout=900, env={**os.environ, "PRUNE_SEARCH_CACHE": str(cache_dir)})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -51,7 +52,8 @@ def test_bench_on_digits_gives_every_arm_the_same_final_stage(cache_dir: Path, d
     assert screening["pairs"] >= 3 and screening["seconds_per_candidate"] > 0
     assert screening["spearman"] is not None and -1 <= screening["spearman"] <= 1
     markdown = (out / "bench.md").read_text()
-    assert "## Budget 0.5" in markdown and "Verdict: search_own" in markdown
+    assert "## Budget 0.5" in markdown and "Verdict: search_own" in markdown and "Verdict: dynamic" in markdown
+    assert bench["budgets"]["latency-0.8"]["dynamic"]["method"] == "dynamic"  # a model with early exits
 
 
 def test_screening_rank_correlation_uses_the_fine_tuned_accuracy() -> None:
