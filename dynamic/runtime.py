@@ -17,6 +17,10 @@ holds for its checks anyway; depth runs from 0 at MIN_SCALE to 1 at ALL_TO_DENSE
 than softmax confidence, since a confidently wrong backbone saturates the confidence at 1.0 in float32. So the loss
 budget holds on any stream, at a cost up to backbone + dense on the hardest inputs.
 
+Before a stream, `calibrate(validation batches)` sets the starting scale to the loosest at which the runtime, checks
+aside, disagrees with dense on at most `target` of them; otherwise the stream starts at `scale` and pays for the
+guess over its first windows while the checks find the level.
+
 Checks are drawn at `sample_rate`, more often for unsure answers (UNSURE) and for a while after a loss (ALARM): a
 shift in the stream shows in the checks within tens of inputs rather than hundreds, and each extra check answers
 with the dense model. Loss-free samples from those extra checks move the scale up by less (weighed by sample_rate
@@ -27,13 +31,14 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from dynamic.exits import NEVER, EarlyExitModel
+from dynamic.exits import NEVER, EarlyExitModel, exit_index, taken_logits
 
 MIN_SCALE = 0.05  # under this scale no head takes an input: on inputs where the heads are confidently wrong (heavy
 # noise), any threshold below 1 lets some through, so the controller switches the exits off
@@ -42,6 +47,17 @@ MARGIN = 2.0  # the fallback tier's logit margin at half depth
 LOSSES = {"disagreement": "disagreement with dense", "accuracy": "accuracy lost against dense"}  # name -> meaning
 UNSURE = 0.5  # an answer of confidence c is checked with UNSURE * (1 - c) more chance: unsure answers go to dense
 ALARM, ALARM_DECAY = 0.5, 0.98  # a loss raises the share checked by ALARM, decaying per input (half-life 34)
+CALIBRATION_GRID = 80  # scales tried by calibrate, log-spaced from ALL_TO_DENSE to max_scale
+
+
+def fallback_margin(scale: float) -> float:
+    """The logit margin under which the fallback tier sends a backbone answer to dense at `scale`: 0 (none) at or
+    above MIN_SCALE, infinite (every answer) at or under ALL_TO_DENSE."""
+    if scale >= MIN_SCALE:
+        return 0.0
+    depth = math.log(MIN_SCALE / scale) / math.log(MIN_SCALE / ALL_TO_DENSE)
+    return math.inf if depth >= 1.0 else MARGIN * depth / (1.0 - depth)
+
 
 @dataclass
 class Window:
@@ -109,10 +125,42 @@ class DynamicRuntime:
         self._checked: dict[int, tuple[int, int, float]] = {}  # checked input -> (model, dense answers, chance)
         self._apply()
 
+    def _thresholds(self, scale: float) -> torch.Tensor:
+        off = scale < MIN_SCALE  # the heads stay out until checks pull the scale back up
+        return torch.tensor([NEVER if off else max(0.0, 1.0 - (1.0 - b) * scale) for b in self.base])
+
     def _apply(self) -> None:
-        off = self.scale < MIN_SCALE  # the heads stay out until checks pull the scale back up
-        thresholds = [NEVER if off else max(0.0, 1.0 - (1.0 - b) * self.scale) for b in self.base]
-        self.model.thresholds.copy_(torch.tensor(thresholds))
+        self.model.thresholds.copy_(self._thresholds(self.scale))
+
+    @torch.inference_mode()
+    def calibrate(self, batches: Iterable) -> float:
+        """Start from the scale at which the runtime, checks aside, would disagree with dense on at most `target` of
+        `batches` (validation inputs, or (inputs, labels) pairs): the largest scale on a log grid below which every
+        scale does too. A stream then starts within budget instead of at a guess (a pick whose backbone alone already
+        lost about epsilon broke it over its first windows) and the checks loosen it from there. Returns the scale."""
+        parts, dense_parts = [], []
+        for batch in batches:
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            parts.append(self.model.exit_logits(inputs))
+            dense_parts.append(self.dense(inputs).argmax(1))
+        logits = [torch.cat(chunk) for chunk in zip(*parts)]
+        dense = torch.cat(dense_parts)
+        top = logits[-1].topk(2, dim=1).values
+        margins = top[:, 0] - top[:, 1]
+        low, high = math.log(ALL_TO_DENSE), math.log(self.max_scale)
+        chosen = ALL_TO_DENSE
+        for step in range(CALIBRATION_GRID):
+            scale = math.exp(low + (high - low) * step / (CALIBRATION_GRID - 1))
+            taken = exit_index(logits[:-1], self._thresholds(scale))
+            answers = taken_logits(logits, taken).argmax(1)
+            falls_back = (taken == len(self.model.exits)) & (margins < fallback_margin(scale))
+            answers = torch.where(falls_back, dense, answers)
+            if float((answers != dense).float().mean()) > self.target:
+                break
+            chosen = scale
+        self.scale = chosen
+        self._apply()
+        return chosen
 
     def _current(self) -> Window:
         if not self.windows or self.windows[-1].inputs >= self.window:
@@ -121,13 +169,11 @@ class DynamicRuntime:
 
     def _falls_back(self, logits: torch.Tensor) -> bool:
         """Whether the fallback tier sends this backbone answer to the dense model at the current scale."""
-        if self.scale >= MIN_SCALE:
-            return False
-        depth = math.log(MIN_SCALE / self.scale) / math.log(MIN_SCALE / ALL_TO_DENSE)
-        if depth >= 1.0:
-            return True
+        bound = fallback_margin(self.scale)
+        if bound == 0.0 or bound == math.inf:
+            return bound == math.inf
         top = logits.topk(2, dim=1).values[0]
-        return float(top[0] - top[1]) < MARGIN * depth / (1.0 - depth)
+        return float(top[0] - top[1]) < bound
 
     @torch.inference_mode()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

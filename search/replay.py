@@ -1,7 +1,8 @@
 """`python -m search.replay RUN_DIR`: a stream through a dynamic pick's runtime, its cost and loss per window.
 
 The pick is read from RUN_DIR/best (weights and exits files, loaded with weights_only=True) with its runtime
-settings (best/runtime.json); `--trial N` replays another dynamic trial, with the settings a pick would get.
+settings (best/runtime.json); `--trial N` replays another dynamic trial, with the settings a pick would get. Settings
+without a starting scale (a search's) are calibrated on the validation split first (DynamicRuntime.calibrate).
 The stream: test images in order, the first --clean of them as they are, then Gaussian noise whose standard
 deviation grows linearly to --noise (in the inputs' normalised units); each label arrives after its answer.
 Per window the runtime logs its mean cost (a ratio to the dense model's FLOPs, dense checks included) and the loss
@@ -159,6 +160,8 @@ def run_replay(args: argparse.Namespace) -> dict:
     if not isinstance(model, EarlyExitModel):
         raise ReplayError(f"{args.run_dir}: the model holds no exits to adapt")
     runtime = DynamicRuntime(model, workload.model, **{**saved, "window": args.window, "seed": args.seed, **overrides})
+    if "scale" not in saved:  # a search's settings: start where the validation split says the budget holds
+        runtime.calibrate(workload.val)
     dense_flops = count_flops(workload.model, workload.example_inputs)
     static_cost = count_flops(model.backbone, workload.example_inputs) / dense_flops
     windows, losses = replay(runtime, noisy_stream(workload.test, args.length, args.clean, args.noise, args.seed))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dynamic import NEVER, EarlyExitModel
-from dynamic.runtime import DynamicRuntime
+from dynamic.runtime import ALL_TO_DENSE, DynamicRuntime
 from pruners import prune
 from search.dynamic import attach_exits, evaluate_dynamic, exit_costs, exit_feature_shapes, train_heads
 from search.measure import count_flops
@@ -106,6 +106,27 @@ def test_the_runtime_holds_the_budget_where_the_pruned_backbone_alone_cannot(
     log = runtime.log()
     assert sum(w["cost"] for w in log[:2]) / 2000 < costs[-1]
     assert sum(w["fallbacks"] for w in log[:2]) < sum(w["fallbacks"] for w in log[2:])
+
+
+def test_calibrated_on_validation_the_runtime_starts_within_budget(pruned_exits: EarlyExitModel,
+                                                                   digits: Workload) -> None:
+    """Started at its loosest scale with eager heads, the runtime breaks a tight budget over its first 100 clean
+    inputs on some seed while its checks pull the scale down; calibrated on the validation split first, it starts at
+    a scale that holds it from the first input."""
+    epsilon, first = 0.005, 100
+    costs = exit_costs(pruned_exits, digits.example_inputs)
+    dense_cost = count_flops(digits.model, digits.example_inputs)
+
+    def served(seed: int, calibrated: bool) -> float:
+        runtime = DynamicRuntime(pruned_exits, digits.model, epsilon, exit_costs=costs, dense_cost=dense_cost,
+                                 base_thresholds=[0.5, 0.5], scale=2.0, seed=seed)
+        if calibrated:
+            assert ALL_TO_DENSE <= runtime.calibrate(digits.val) < 2.0 and runtime.scale < 2.0
+        stream = noisy_stream(digits.test, first, clean=first, noise=0.0, seed=seed)
+        with torch.no_grad():
+            return sum(int(runtime(x).argmax(1)) != int(digits.model(x).argmax(1)) for x, _, _ in stream) / first
+    assert max(served(seed, calibrated=False) for seed in range(3)) > epsilon
+    assert all(served(seed, calibrated=True) <= epsilon for seed in range(3))
 
 
 def test_under_the_accuracy_loss_the_runtime_holds_the_accuracy_lost_from_labels(
