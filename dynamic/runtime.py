@@ -170,8 +170,10 @@ class DynamicRuntime:
     def _falls_back(self, logits: torch.Tensor) -> bool:
         """Whether the fallback tier sends this backbone answer to the dense model at the current scale."""
         bound = fallback_margin(self.scale)
-        if bound == 0.0 or bound == math.inf:
-            return bound == math.inf
+        if bound == 0.0:
+            return False
+        if bound == math.inf:
+            return True
         top = logits.topk(2, dim=1).values[0]
         return float(top[0] - top[1]) < bound
 
