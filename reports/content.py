@@ -378,6 +378,9 @@ def _space_section(info: RunInfo) -> Section:
     return Section("Searched space", paragraphs, Table(["knob", "range or choices", "meaning"], rows))
 
 
+SAVED_COST = {"flops": "FLOPs", "latency": "predicted latency", "params": "parameters", "size": "bytes"}  # map's cost
+
+
 def _sensitivity_section(info: RunInfo) -> Section | None:
     """The run's sensitivity map: each group pruned alone, its accuracy after batch-norm recalibration per ratio."""
     found = info.sensitivity
@@ -386,15 +389,16 @@ def _sensitivity_section(info: RunInfo) -> Section | None:
     ratios = found["ratios"]
     dense = found["dense_accuracy"]
     efficiency = info.space.get("group_sensitivity") or {}
+    cost = SAVED_COST[found.get("cost", "flops")]
     rows = [[group, *(f"{fmt.percent(a)} ({fmt.points(a - dense)})" for a in accuracy),
              f"{100 * sum(found['saved'][group]) / len(ratios):.1f}%", f"{efficiency.get(group, 0.0):.2f}"]
             for group, accuracy in sorted(found["accuracy"].items(), key=lambda item: -efficiency.get(item[0], 0.0))]
     return Section("Sensitivity map", [
         f"Each channel group pruned alone ({found['method']}, {found['criterion']}) at each ratio, batch norm "
         f"recalibrated, screened on the first validation samples (dense: {fmt.percent(dense)}); measured once, in "
-        f"{found['seconds']:.0f} s. Efficiency is the FLOPs saved per accuracy lost: the `sensitivity` allocation "
+        f"{found['seconds']:.0f} s. Efficiency is the {cost} saved per accuracy lost: the `sensitivity` allocation "
         "prunes a group in proportion to it (to a searched power), most efficient first below."],
-        Table(["group", *(f"at {r:g}" for r in ratios), "FLOPs saved (mean)", "efficiency"], rows))
+        Table(["group", *(f"at {r:g}" for r in ratios), f"{cost} saved (mean)", "efficiency"], rows))
 
 
 def _dynamic_section(inputs: ReportInputs) -> Section | None:

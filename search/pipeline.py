@@ -70,7 +70,11 @@ def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None 
                               count_flops(workload.model, workload.example_inputs), methods, config.budget,
                               workload.finetune_lr, config.target_floor, round_to,
                               table.dense_layer_ms() if table is not None and config.cost == "latency" else None)
-    space = with_sensitivity(study, space, workload, config.device, measure=config.sensitivity)
+    # what a group saves is counted in the run's metric, as the points are fitted; FLOPs where that would mean timing
+    # every pruned model (latency with no table to predict it)
+    counted = config.cost != "flops" and (config.cost != "latency" or table is not None)
+    space = with_sensitivity(study, space, workload, config.device, measure=config.sensitivity,
+                             cost=(config.cost, ratio) if counted else None)
     if config.quantize:
         if INT8_FACTOR_ATTR not in study.user_attrs:
             study.set_user_attr(INT8_FACTOR_ATTR, int8_cost_factor(workload, dense, config))

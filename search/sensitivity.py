@@ -2,15 +2,19 @@
 after batch-norm recalibration (NVIDIA Model-Optimizer's FastNAS, AIMET's greedy ratio selection).
 
 Computed once per run and stored on the study (a resume reuses it); the space's `sensitivity` allocation prunes
-each group in proportion to the FLOPs it saves per point of accuracy it costs, raised to a searched power.
+each group in proportion to the cost it saves per point of accuracy it costs, raised to a searched power. The cost
+is the run's: FLOPs from the analytical cost model, or what the run fits its points on (latency predicted by the
+target's table, parameters, bytes), since a group cheap in FLOPs can be dear in time (HALP, NetAdapt).
 """
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import optuna
+from torch import nn
 
 from pruners import get_method, prune
 from reports.records import SENSITIVITY_ATTR
@@ -26,7 +30,8 @@ LOSS_FLOOR = 0.002  # accuracy loss counted at least: a group that loses nothing
 
 @dataclass(frozen=True)
 class SensitivityMap:
-    """Per group: the screened accuracy at each of `ratios` and the share of the dense FLOPs pruning it saves."""
+    """Per group: the screened accuracy at each of `ratios` and the share of the dense cost (`cost`: the run's metric)
+    pruning it saves."""
 
     method: str
     criterion: str
@@ -35,12 +40,13 @@ class SensitivityMap:
     accuracy: dict[str, list[float]]
     saved: dict[str, list[float]]
     seconds: float
+    cost: str = "flops"  # maps stored before the cost was the run's were in FLOPs
 
     def losses(self, group: str) -> list[float]:
         return [max(self.dense_accuracy - a, 0.0) for a in self.accuracy[group]]
 
     def efficiency(self) -> dict[str, float]:
-        """FLOPs saved per point of accuracy lost, each group over the measured ratios (higher: prune it harder)."""
+        """Cost saved per point of accuracy lost, each group over the measured ratios (higher: prune it harder)."""
         return {g: sum(self.saved[g]) / sum(loss + LOSS_FLOOR for loss in self.losses(g)) for g in self.accuracy}
 
     def to_json(self) -> dict:
@@ -60,9 +66,12 @@ def sensitivity_method(space: SearchSpace) -> str | None:
     return next((m for m in per_group if get_method(m).removes_work), per_group[0])
 
 
-def measure_sensitivity(workload: Workload, space: SearchSpace, device: str = "cpu") -> SensitivityMap | None:
+def measure_sensitivity(workload: Workload, space: SearchSpace, device: str = "cpu",
+                        cost: tuple[str, Callable[[nn.Module], float]] | None = None) -> SensitivityMap | None:
     """Prune each group of the space alone at RATIOS (the method's first criterion), recalibrate batch norm, and
-    screen on the first SCREEN_SAMPLES validation samples; None where the space has nothing to measure."""
+    screen on the first SCREEN_SAMPLES validation samples; None where the space has nothing to measure. `cost`: the
+    metric's name and the pruned model's ratio in it, for what a group saves (default: FLOPs, from the space's
+    analytical model)."""
     method = sensitivity_method(space)
     if method is None:
         return None
@@ -80,24 +89,29 @@ def measure_sensitivity(workload: Workload, space: SearchSpace, device: str = "c
             recalibrate_batchnorm(model, workload.calibration, device)
             kept, total = count_correct(model, head, device)
             accuracy[group.name].append(kept / max(total, 1))
-            cost = (space.cost_model.channel_ratio({group.name: ratio}) if get_method(method).removes_work
-                    else space.cost_model.masked_ratio({group.name: ratio}))
-            saved[group.name].append(1.0 - cost)
+            if cost is not None:
+                left = cost[1](model)
+            elif get_method(method).removes_work:
+                left = space.cost_model.channel_ratio({group.name: ratio})
+            else:
+                left = space.cost_model.masked_ratio({group.name: ratio})
+            saved[group.name].append(1.0 - left)
     found = SensitivityMap(method, criterion, list(RATIOS), correct / max(seen, 1), accuracy, saved,
-                           time.perf_counter() - started)
+                           time.perf_counter() - started, "flops" if cost is None else cost[0])
     log.info("sensitivity map: %d groups x %d ratios in %.0f s", len(accuracy), len(RATIOS), found.seconds)
     return found
 
 
 def with_sensitivity(study: optuna.Study, space: SearchSpace, workload: Workload, device: str = "cpu",
-                     measure: bool = True) -> SearchSpace:
+                     measure: bool = True, cost: tuple[str, Callable[[nn.Module], float]] | None = None
+                     ) -> SearchSpace:
     """The space with the run's sensitivity map: the one stored on the study, else, for a study with no trials yet
     (and `measure`), one measured now and stored. A study begun without one keeps its space as it was, so a resume
     samples the same choices."""
     stored = study.user_attrs.get(SENSITIVITY_ATTR)
     if stored is None and (study.trials or not measure):
         return space
-    found = SensitivityMap.from_json(stored) if stored else measure_sensitivity(workload, space, device)
+    found = SensitivityMap.from_json(stored) if stored else measure_sensitivity(workload, space, device, cost)
     if found is None:
         return space
     if not stored:

@@ -24,7 +24,7 @@ ALLOCATIONS = ("shaped", "free", "sensitivity")  # shaped: two knobs over every 
 STREAM_SHARE = (0.25, 2.0)  # shaped: weight of coupled groups (residual streams) against single-layer ones
 DEPTH_TILT = (-0.9, 0.9)  # shaped: weights grow (> 0) or shrink (< 0) linearly with depth
 FREE_WEIGHT = (0.25, 1.0)  # free: one relative weight per group (wider spreads screened near chance on ResNet-20)
-SENSITIVITY_POWER = (0.25, 2.0)  # sensitivity: each group's efficiency (FLOPs saved per accuracy lost) to this power
+SENSITIVITY_POWER = (0.25, 2.0)  # sensitivity: each group's efficiency (cost saved per accuracy lost) to this power
 SENSITIVITY_FLOOR = 0.05  # sensitivity: the least relative weight, so every group can still reach its cap
 NM_PATTERNS = ("2:4", "1:4", "2:8", "1:8")
 DISTILL = (0.0, 0.5, 0.9)  # weight of distillation from the dense model in the recovery loss
@@ -73,7 +73,7 @@ class SearchSpace:
     round_to: tuple[int, ...] = ROUND_TO  # the round_to values offered (those that can reach the budget)
     blocks: int = 0  # removable residual blocks: a per-group method that takes `blocks` may drop up to this many
     block_share: float = 0.0  # mean share of the dense cost (FLOPs, or time with --cost latency) in one removable block
-    sensitivity: dict[str, float] | None = None  # group -> FLOPs saved per accuracy lost, pruned alone (measured)
+    sensitivity: dict[str, float] | None = None  # group -> cost saved per accuracy lost, pruned alone (measured)
     exit_choices: tuple[int, ...] = ()  # dynamic: how many early exits a point may have (the network's stage outputs)
     quantize: bool = False  # whether a static point may be quantised to int8 after recovery (--quantize)
     int8_factor: float = 1.0  # the dense model's cost int8 over float, in the run's metric: an int8 point's float
@@ -268,8 +268,8 @@ class SearchSpace:
                           f"(1 + depth_tilt {list(DEPTH_TILT)} x (2 depth - 1)), depth in [0, 1] per group",
                 "free": f"one relative weight in {list(FREE_WEIGHT)} per group",
                 "sensitivity": f"(efficiency / the largest) ** sensitivity_power {list(SENSITIVITY_POWER)}, at least "
-                               f"{SENSITIVITY_FLOOR}; efficiency: FLOPs saved per accuracy lost by the group pruned "
-                               "alone (the run's sensitivity map)" if self.sensitivity else "no sensitivity map",
+                               f"{SENSITIVITY_FLOOR}; efficiency: the run's cost saved per accuracy lost by the group "
+                               "pruned alone (the run's sensitivity map)" if self.sensitivity else "no sensitivity map",
                 "scale": "the weights are scaled by a level solved so the cost lands on the sampled target",
             },
             "group_depth": {name: round(d, 3) for name, d in self.depth.items()},

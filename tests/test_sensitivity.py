@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pruners import prune
 from reports import load_records
 from reports.records import SENSITIVITY_ATTR
 from search import sensitivity
@@ -38,6 +39,25 @@ def test_the_map_is_measured_once_and_reused_on_resume(digits: Workload, tmp_pat
     run_backend(study, ctx)
     _, resumed = prepare(config, digits)
     assert resumed.space.sensitivity == ctx.space.sensitivity
+
+
+def test_under_latency_a_group_saves_what_the_target_table_predicts(digits: Workload, tmp_path: Path) -> None:
+    """--cost latency: the map counts what pruning a group saves in predicted time, not in FLOPs (a group cheap in
+    FLOPs can be dear in time), as the run fits its points."""
+    config = parse_config([*QUICK, "--cost", "latency", "--batch-size", "64", "--trials", "1",
+                           "--out", str(tmp_path / "run")])  # at batch 64, pruning digits-cnn really saves time
+    study, ctx = prepare(config, digits)
+    assert ctx.latency_table is not None
+    stored = study.user_attrs[SENSITIVITY_ATTR]
+    assert stored["cost"] == "latency"
+    method, criterion = stored["method"], stored["criterion"]
+    for group in ctx.space.groups:
+        for ratio, saved in zip(stored["ratios"], stored["saved"][group.name]):
+            model = prune(digits.model, digits.example_inputs, method=method, criterion=criterion,
+                          sparsity={layer: ratio for layer in group.out_layers})
+            assert saved == pytest.approx(1.0 - ctx.latency_table.predict_model_ratio(model))
+    flops = sensitivity.measure_sensitivity(digits, ctx.space)
+    assert flops.cost == "flops" and flops.saved != stored["saved"]
 
 
 def test_the_sensitivity_allocation_prunes_efficient_groups_harder(digits: Workload, tmp_path: Path) -> None:
