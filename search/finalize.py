@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 import torch
 from torch import nn
 
+from dynamic import EarlyExitModel
 from pruners import bake, get_method, prune
 from reports import TrialRecord, pareto_front
 from reports.records import FINAL_ATTR, load_records
@@ -33,6 +34,7 @@ from search.workloads import Workload
 from spaces import Policy
 
 log = logging.getLogger(__name__)
+TARGET_TIMED = ("latency_ms", "latency_p90_ms", "dense_latency_ms", "latency_ratio")  # what --latency-on re-times
 FINAL_DISTILL = 0.5
 """Least distillation weight of a final fine-tune. Measured on fashion-resnet20 (Torch-Pruning's global L2 ranking
 at half the FLOPs, one epoch): 91.68% validation without distillation, 91.82% with weight 0.5. A search-time
@@ -41,12 +43,14 @@ fine-tune is too short for the dense model's soft labels to pay; a longer one ga
 
 @dataclass
 class FinalModel:
-    """A model after the final fine-tune: validation and test accuracy, and its costs measured against dense."""
+    """A model after the final fine-tune: validation and test accuracy, its costs measured against dense, and the
+    node that timed it where --latency-on timed it on the target."""
 
     model: nn.Module
     accuracy: float
     test_accuracy: float
     measured: Measured
+    latency_node: str | None = None
 
 
 def retrained(record: TrialRecord, workload: Workload, config: RunConfig) -> tuple[nn.Module, float]:
@@ -82,11 +86,19 @@ def final_candidates(records: list[TrialRecord], budget: float) -> list[TrialRec
 
 def refinetune(record: TrialRecord, workload: Workload, dense: DenseReference, config: RunConfig,
                table: LatencyTable | None = None) -> FinalModel:
-    """A trial retrained for config.final_epochs, then measured against dense and on the test split."""
+    """A trial retrained for config.final_epochs, then measured against dense and on the test split; with
+    --latency-on, timed again on the target as the search's trials were (a dynamic model's per-input stream timing
+    stays where it ran)."""
     model, accuracy = retrained(record, workload, config)
     measured = measure_against_dense(model, workload, dense, device=config.device, threads=config.threads,
                                      batch_size=config.batch_size, table=table)
-    return FinalModel(model, accuracy, evaluate(model, workload.test, config.device), measured)
+    node = None
+    if config.latency_on and not isinstance(model, EarlyExitModel):
+        from search.backends.ray_latency import target_latency_attrs
+        on_target = target_latency_attrs(workload.model, model, workload.example_inputs, config)
+        measured = replace(measured, **{key: on_target[key] for key in TARGET_TIMED})
+        node = on_target["latency_node"]
+    return FinalModel(model, accuracy, evaluate(model, workload.test, config.device), measured, node)
 
 
 def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None = None,
@@ -152,7 +164,8 @@ def _finetuned(study: optuna.Study, ctx: TrialContext, record: TrialRecord, allo
         entry = {"epochs": config.final_epochs, "kept": "final", "accuracy": final.accuracy,
                  "accuracy_loss": ctx.dense.accuracy - final.accuracy, "test_accuracy": final.test_accuracy,
                  **final.measured.to_attrs(), "cost_ratio": final.measured.ratio(config.cost), "model_path": relative,
-                 "seconds": time.perf_counter() - started}
+                 "seconds": time.perf_counter() - started, **({"latency_node": final.latency_node}
+                                                              if final.latency_node else {})}
         log.info("  trial %d: val %.4f -> %.4f, test %.4f (%.0f s)", record.number, record.accuracy, final.accuracy,
                  final.test_accuracy, entry["seconds"])
     record_by_trial(study, FINAL_ATTR, {record.number: entry})

@@ -29,12 +29,18 @@ class LatencyUnverified(RuntimeError):
     """Every re-measured pick missed the budget and the one left was not re-measured: the report must say so."""
 
 
-def _timed(ctx: TrialContext, record: TrialRecord, batch_size: int, repeats: int, rounds: int) -> dict:
-    """Time a trial's saved model interleaved with dense at `batch_size`."""
+def _timed(ctx: TrialContext, record: TrialRecord, batch_size: int, repeats: int, rounds: int) -> tuple[dict, dict]:
+    """Time a trial's saved model interleaved with dense at `batch_size`: here, or with --latency-on on the target,
+    as the search's trials were; returns the stats and, for the stored entry, the node that timed them."""
     model = load_pruned(ctx.run_dir, str(record.model_path), ctx.workload.model)
-    return compare_latency({"dense": ctx.workload.model, "pruned": model}, ctx.workload.example_inputs,
-                           reference="dense", device=ctx.config.device, threads=ctx.config.threads,
-                           batch_size=batch_size, repeats=repeats, rounds=rounds)
+    models = {"dense": ctx.workload.model, "pruned": model}
+    if ctx.config.latency_on:
+        from search.backends.ray_latency import time_on_target
+        stats, node = time_on_target(models, ctx.workload.example_inputs, ctx.config, batch_size=batch_size,
+                                     repeats=repeats, rounds=rounds)
+        return stats, {"latency_node": node}
+    return compare_latency(models, ctx.workload.example_inputs, reference="dense", device=ctx.config.device,
+                           threads=ctx.config.threads, batch_size=batch_size, repeats=repeats, rounds=rounds), {}
 
 
 def time_both_batches(study: optuna.Study, front: list[TrialRecord], ctx: TrialContext) -> None:
@@ -47,12 +53,13 @@ def time_both_batches(study: optuna.Study, front: list[TrialRecord], ctx: TrialC
             continue
         if not (ctx.run_dir / record.model_path).exists():
             continue
-        stats = _timed(ctx, record, other, repeats=20 if other > 1 else 50, rounds=5)
+        stats, where = _timed(ctx, record, other, repeats=20 if other > 1 else 50, rounds=5)
         batches = {str(used): {"latency_ratio": record.latency_ratio, "p50_ms": record.latency_ms,
                                "dense_p50_ms": record.dense_latency_ms, "searched": True},
                    str(other): {"latency_ratio": stats["pruned"]["ratio"], "p50_ms": stats["pruned"]["p50_ms"],
                                 "dense_p50_ms": stats["dense"]["p50_ms"]}}
-        record_by_trial(study, BATCHES_ATTR, {record.number: {"model_path": record.model_path, "batches": batches}})
+        record_by_trial(study, BATCHES_ATTR, {record.number: {"model_path": record.model_path, "batches": batches,
+                                                              **where}})
 
 
 def remeasure_pick(study: optuna.Study, ctx: TrialContext) -> None:
@@ -67,11 +74,11 @@ def remeasure_pick(study: optuna.Study, ctx: TrialContext) -> None:
         best = select_best(records, config.budget, config.epsilon)
         if best is None or best.latency_ratio_p10 is not None or best.model_path is None:
             return
-        stats = _timed(ctx, best, config.batch_size, REMEASURE_REPEATS, REMEASURE_ROUNDS)
+        stats, where = _timed(ctx, best, config.batch_size, REMEASURE_REPEATS, REMEASURE_ROUNDS)
         rounds = [p / d for p, d in zip(stats["pruned"]["round_p50_ms"], stats["dense"]["round_p50_ms"])]
         deciles = statistics.quantiles(rounds, n=10)
         entry = {"model_path": best.model_path, "latency_ratio": stats["pruned"]["ratio"], "p10": deciles[0],
-                 "p90": deciles[-1], "rounds": len(rounds), "search_latency_ratio": best.latency_ratio}
+                 "p90": deciles[-1], "rounds": len(rounds), "search_latency_ratio": best.latency_ratio, **where}
         record_by_trial(study, REMEASURED_ATTR, {best.number: entry})
         log.info("pick re-measured (%d rounds): trial %d latency ratio %.3f (p10-p90 over rounds %.3f-%.3f; %.3f in "
                  "the search)", len(rounds), best.number, entry["latency_ratio"], entry["p10"], entry["p90"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -166,16 +166,26 @@ def finish(study: optuna.Study, ctx: TrialContext, show: bool = True, finalists:
     regimes' latency for the Pareto models, the pick's re-measured latency (--cost latency), the report files, and the
     summary on stdout; returns pareto.json's dict."""
     finalists = ctx.config.finalists if finalists is None else finalists
-    if finalists != 0:
-        final_step(study, "final fine-tune", finetune_finalists, study, ctx, finalists, most_accurate)
-    front = pareto_front(load_records(storage_url(ctx.run_dir)).trials)
-    final_step(study, "test accuracy", evaluate_front_on_test, study, front, ctx)
-    final_step(study, "latency at both batch sizes", time_both_batches, study, front, ctx)
-    final_step(study, "re-measured latency", remeasure_pick, study, ctx)
+    with target_connection(ctx.config):
+        if finalists != 0:
+            final_step(study, "final fine-tune", finetune_finalists, study, ctx, finalists, most_accurate)
+        front = pareto_front(load_records(storage_url(ctx.run_dir)).trials)
+        final_step(study, "test accuracy", evaluate_front_on_test, study, front, ctx)
+        final_step(study, "latency at both batch sizes", time_both_batches, study, front, ctx)
+        final_step(study, "re-measured latency", remeasure_pick, study, ctx)
     pareto = write_report(ctx.run_dir)
     if show:
         print("\n".join(summary_lines(pareto, str(ctx.run_dir / "report.html"))))
     return pareto
+
+
+def target_connection(config: RunConfig) -> AbstractContextManager:
+    """With --latency-on, the Ray connection the final stage times through on the target (ray_backend); Ray is
+    imported only then."""
+    if not config.latency_on:
+        return nullcontext()
+    from search.backends.ray_backend import target_connection as connected
+    return connected(config)
 
 
 def final_step(study: optuna.Study, name: str, step: Callable[..., None], *args: Any) -> None:

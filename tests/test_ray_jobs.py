@@ -28,8 +28,8 @@ from tests.conftest import ROOT
 
 RAY = Path(sys.executable).with_name("ray")  # the venv's CLI, as `pip install -e '.[ray]'` puts it on PATH
 TARGET = "target_device"  # the custom resource only the worker node advertises
-SEARCH = ["--workload", "digits-cnn", "--budget", "0.5", "--trials", "3", "--threads", "1", "--finetune-epochs", "1",
-          "--final-epochs", "0"]
+SEARCH = ["--workload", "digits-cnn", "--budget", "0.5", "--trials", "3", "--threads", "1", "--finetune-epochs", "0.5",
+          "--final-epochs", "1"]  # a final fine-tune longer than the search's, so it keeps its model
 
 pytestmark = pytest.mark.skipif(not RAY.is_file(), reason=f"no `ray` CLI next to {sys.executable}: pip install -e "
                                                           "'.[ray]' installs it")
@@ -145,6 +145,10 @@ def test_a_search_submitted_with_ray_job_submit_runs_to_the_end(cluster: Cluster
     setup = study.user_attrs["latency_setup"]  # the worker alone measured, and the report says so
     assert setup["resource"] == TARGET and setup["measured_on"].count("node ") == 1 and worker in setup["measured_on"]
     assert worker in (out / "report.md").read_text()
+    finals = [e for e in study.user_attrs["final"].values() if e["kept"] == "final"]  # the final stage timed there too
+    batches = study.user_attrs["latency_by_batch"].values()
+    assert finals and all(worker in e["latency_node"] for e in finals)
+    assert batches and all(worker in e["latency_node"] for e in batches)
 
 
 def test_the_ray_extra_installs_the_jobs_cli() -> None:

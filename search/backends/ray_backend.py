@@ -11,6 +11,8 @@ import datetime as _dt
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 import optuna
@@ -18,7 +20,7 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from search.backends.ray_latency import table_on_target, time_on_target
+from search.backends.ray_latency import require_target, table_on_target, time_on_target
 from search.backends.ray_search import RELAUNCHES, StudySearch
 from search.backends.ray_trial import RunFolderWriter, TrialSetup, run_trial, trial_dirname
 from search.config import ConfigError, RunConfig
@@ -74,6 +76,26 @@ def start_ray(address: str | None) -> None:
         ray.init(include_dashboard=False, **quiet)
 
 
+@contextmanager
+def target_connection(config: RunConfig) -> Iterator[None]:
+    """With --latency-on, the connection to the cluster through which the final stage times its models on the target
+    (the search shut Ray down as it ended); a cluster that cannot be reached is logged, and each timing then fails
+    with its reason, stored on the study, as any final step's error is."""
+    if not config.latency_on or ray.is_initialized():
+        yield
+        return
+    try:
+        start_ray(config.address)
+    except ConfigError as error:
+        log.error("the final stage cannot time on the target: %s", error)
+        yield
+        return
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
 def _fitting_trials(config: RunConfig) -> int:
     """How many trials the cluster's CPUs (and GPUs) hold at once right now."""
     total = ray.cluster_resources()
@@ -104,9 +126,7 @@ def _tuner(ctx: TrialContext, search: StudySearch, experiment: str, samples: int
 def _dense_latency_on_target(study: optuna.Study, ctx: TrialContext) -> TrialContext:
     """Measure the dense model's latency on the target node and store it as the run's dense latency."""
     resource = ctx.config.latency_on
-    if not any(node["Alive"] and node["Resources"].get(resource) for node in ray.nodes()):
-        raise ConfigError(f"--latency-on {resource}: no node of the Ray cluster advertises resource {resource!r}; "
-                          "start one that does (ray_cluster.yaml: the target node type)")
+    require_target(resource)
     stats, node = time_on_target({"dense": ctx.workload.model}, ctx.workload.example_inputs, ctx.config)
     dense = replace(ctx.dense, latency_ms=stats["dense"]["p50_ms"])
     table = table_on_target(ctx.workload.model, ctx.workload.example_inputs, ctx.config)

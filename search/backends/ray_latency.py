@@ -15,7 +15,7 @@ import torch
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import nn
 
-from search.config import RunConfig
+from search.config import ConfigError, RunConfig
 from search.measure import compare_latency
 from search.measure.latency_table import LatencyTable, LatencyTableError, latency_table
 
@@ -32,19 +32,31 @@ def _describe_node(device: str) -> str:
 
 @ray.remote(num_cpus=0)
 def _time_models(models: dict[str, nn.Module], example_inputs: torch.Tensor, device: str, threads: int | None,
-                 batch_size: int) -> tuple[dict[str, dict[str, Any]], str]:
+                 batch_size: int, repeats: int, rounds: int) -> tuple[dict[str, dict[str, Any]], str]:
     """Ray task: `compare_latency` against "dense" where it runs, and where that was."""
     stats = compare_latency(models, example_inputs, reference="dense", device=device, threads=threads,
-                            batch_size=batch_size)
+                            batch_size=batch_size, repeats=repeats, rounds=rounds)
     return stats, _describe_node(device)
 
 
-def time_on_target(models: dict[str, nn.Module], example_inputs: torch.Tensor,
-                   config: RunConfig) -> tuple[dict[str, dict[str, Any]], str]:
-    """Time `models` (one named "dense") on a node with `config.latency_on`; returns the stats and the node."""
+def require_target(resource: str) -> None:
+    """Refuse to time where this process holds no connection to a cluster with a live node that advertises
+    `resource`: the task would wait for one forever (or Ray would start a local cluster without it)."""
+    if not ray.is_initialized() or not any(node["Alive"] and node["Resources"].get(resource) for node in ray.nodes()):
+        raise ConfigError(f"--latency-on {resource}: no node of the Ray cluster advertises resource {resource!r}; "
+                          "start one that does (ray_cluster.yaml: the target node type)")
+
+
+def time_on_target(models: dict[str, nn.Module], example_inputs: torch.Tensor, config: RunConfig, *,
+                   batch_size: int | None = None, repeats: int = 50, rounds: int = 5
+                   ) -> tuple[dict[str, dict[str, Any]], str]:
+    """Time `models` (one named "dense") on a node with `config.latency_on`, at `batch_size` (default the run's);
+    returns the stats and the node."""
+    require_target(config.latency_on)
     task = _time_models.options(resources={config.latency_on: 1}, num_gpus=1 if config.device == "cuda" else 0,
                                 scheduling_strategy=OUTSIDE_TRIAL_BUNDLE)
-    return ray.get(task.remote(models, example_inputs, config.device, config.threads, config.batch_size))
+    return ray.get(task.remote(models, example_inputs, config.device, config.threads,
+                               batch_size or config.batch_size, repeats, rounds))
 
 
 @ray.remote(num_cpus=0)
