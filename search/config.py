@@ -215,6 +215,9 @@ def parse_config(argv: list[str] | None = None) -> RunConfig:
                           "or a whole number with --device cuda, 0 with --device cpu")
     if args.latency_on is not None and not args.latency_on.strip():
         raise ConfigError("--latency-on needs the name of a Ray custom resource, e.g. --latency-on target_device")
+    if args.latency_on is not None and any(get_method(m).dynamic for m in methods):
+        raise ConfigError("--methods dynamic with --latency-on: a dynamic model's latency is a mean over a stream of "
+                          "inputs, which the target does not time yet (it would time one input's path); drop one")
     if args.cost == "latency" and args.backend == "ray" and args.latency_on is None:
         raise ConfigError("--cost latency with --backend ray needs --latency-on RESOURCE: latency timed on busy "
                           "workers is not the target's; advertise a custom resource on the target node and name it")

@@ -14,7 +14,6 @@ import optuna
 import torch
 from torch import nn
 
-from dynamic import EarlyExitModel
 from pruners import bake, get_method, prune
 from reports import TrialRecord, pareto_front
 from reports.records import FINAL_ATTR, load_records
@@ -87,13 +86,12 @@ def final_candidates(records: list[TrialRecord], budget: float) -> list[TrialRec
 def refinetune(record: TrialRecord, workload: Workload, dense: DenseReference, config: RunConfig,
                table: LatencyTable | None = None) -> FinalModel:
     """A trial retrained for config.final_epochs, then measured against dense and on the test split; with
-    --latency-on, timed again on the target as the search's trials were (a dynamic model's per-input stream timing
-    stays where it ran)."""
+    --latency-on, timed again on the target as the search's trials were."""
     model, accuracy = retrained(record, workload, config)
     measured = measure_against_dense(model, workload, dense, device=config.device, threads=config.threads,
                                      batch_size=config.batch_size, table=table)
     node = None
-    if config.latency_on and not isinstance(model, EarlyExitModel):
+    if config.latency_on:
         from search.backends.ray_latency import target_latency_attrs
         on_target = target_latency_attrs(workload.model, model, workload.example_inputs, config)
         measured = replace(measured, **{key: on_target[key] for key in TARGET_TIMED})

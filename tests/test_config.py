@@ -22,6 +22,7 @@ BAD_FLAGS = [
     (["--seed", "-1"], "--seed"),
     (["--seed", str(2 ** 32)], "--seed"),
     (["--cost", "latency", "--backend", "ray"], "--latency-on"),
+    (["--methods", "dynamic", "--backend", "ray", "--latency-on", "target_device"], "--latency-on"),
     (["--out", "/proc/prune-search-test/run"], "--out"),
     (["--cache-dir", "/proc/prune-search-test"], "--cache-dir"),
 ]
