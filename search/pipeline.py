@@ -184,8 +184,8 @@ def target_connection(config: RunConfig) -> AbstractContextManager:
     imported only then."""
     if not config.latency_on:
         return nullcontext()
-    from search.backends.ray_backend import target_connection as connected
-    return connected(config)
+    from search.backends.ray_backend import reconnected
+    return reconnected(config)
 
 
 def final_step(study: optuna.Study, name: str, step: Callable[..., None], *args: Any) -> None:

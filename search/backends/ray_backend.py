@@ -77,11 +77,11 @@ def start_ray(address: str | None) -> None:
 
 
 @contextmanager
-def target_connection(config: RunConfig) -> Iterator[None]:
-    """With --latency-on, the connection to the cluster through which the final stage times its models on the target
-    (the search shut Ray down as it ended); a cluster that cannot be reached is logged, and each timing then fails
-    with its reason, stored on the study, as any final step's error is."""
-    if not config.latency_on or ray.is_initialized():
+def reconnected(config: RunConfig) -> Iterator[None]:
+    """The connection to the cluster through which the final stage times its models on the --latency-on target (the
+    search shut Ray down as it ended); a cluster that cannot be reached is logged, and each timing then fails with
+    its reason, stored on the study, as any final step's error is."""
+    if ray.is_initialized():
         yield
         return
     try:
