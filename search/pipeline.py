@@ -56,14 +56,17 @@ def prepare(config: RunConfig, workload: Workload, dense: DenseReference | None 
     table = target_latency_table(workload, config)
     methods = config.methods
     ratio = fitting_ratio(workload, dense, config, table)
-    for method, floor in unreachable_methods(workload.model, workload.example_inputs, methods, config.budget,
-                                             ratio).items():
+    floors = unreachable_methods(workload.model, workload.example_inputs, methods, config.budget, ratio)
+    for method, floor in floors.items():
         log.warning("method %s is left out: its hardest pruning leaves %s at %.3f of dense, over the budget %g",
                     method, config.cost, floor, config.budget)
         methods = tuple(m for m in methods if m != method)
     if not methods:
+        closest = min(floors, key=floors.__getitem__)
+        more = "" if "channel" in config.methods else "add channel, or "
         raise SpaceError(f"none of --methods {','.join(config.methods)} reaches the budget {config.budget:g} in "
-                         f"{config.cost}; add channel, or raise --budget")
+                         f"{config.cost} (the closest, {closest}, leaves {floors[closest]:.3f} of dense); {more}raise "
+                         f"--budget above {floors[closest]:.3f}")
     round_to = reachable_round_to(workload.model, workload.example_inputs, methods, config.budget, ratio)
     space = SearchSpace.build(workload.model, workload.example_inputs,
                               layer_flops(workload.model, workload.example_inputs),

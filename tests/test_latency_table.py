@@ -175,3 +175,14 @@ def test_a_pick_left_unmeasured_after_every_remeasure_missed_is_an_error(digits,
     monkeypatch.setattr(latency_checks, "MAX_REMEASURED", 1)
     with pytest.raises(latency_checks.LatencyUnverified, match="was not re-measured"):
         latency_checks.remeasure_pick(study, ctx)
+
+
+def test_a_latency_budget_no_method_reaches_is_refused_naming_how_far_to_raise_it(run_main, digits,
+                                                                                   tmp_path: Path) -> None:
+    """The error names the closest method's floor, and does not ask for channel when channel was among the methods."""
+    status, err = run_main(["--workload", "digits-cnn", "--cost", "latency", "--budget", "0.05", "--methods",
+                            "channel,layer", "--threads", "1", "--out", str(tmp_path / "run")])
+    line = err.strip().splitlines()[-1]
+    assert status == 2 and "budget 0.05" in line and "the closest, channel, leaves" in line, err[-2000:]
+    floor = float(line.split("raise --budget above ")[1])
+    assert 0.05 < floor <= 1.0 and "add channel" not in line
