@@ -12,31 +12,17 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from reports import TrialRecord
+from reports import TrialRecord, load_records
 from search.bench import _screening, arm_candidate, own_trials
-from search.config import parse_config
-from search.fit import unreachable_methods
-from search.pipeline import target_latency_table
-from search.promotion import PROMOTION_ATTR
+from search.promotion import PROMOTION_ATTR, promotion_candidates
 from search.study import storage_url
-from search.workloads import Workload
-from tests.conftest import ROOT
+from tests.conftest import ROOT, reachable_latency_budget
 
 ARMS = {"search", "search_own", "search_all", "random_search", "uniform_l1", "tp_global", "uniform_magnitude"}
 LATENCY_ARMS = {"search", "search_own", "uniform_l1", "tp_global", "dynamic"}  # dynamic: asked for by --arms
 ROW_KEYS = {"accuracy", "test_accuracy", "flops_ratio", "latency_ratio", "seconds", "test_accuracy_runs",
             "test_accuracy_mean", "test_accuracy_sd", "final_finetunes", "over_budget"}
 SEEDS = 2
-
-
-def reachable_latency_budget(workload: Workload, cache_dir: Path) -> float:
-    """Halfway between channel's hardest pruning and dense, by this machine's latency table (which the benchmark then
-    reads from the cache): digits-cnn at batch 1 is mostly per-call overhead, and its floor moved from 0.81 to 0.92
-    between machines, so a fixed latency budget left the search no method on some."""
-    table = target_latency_table(workload, parse_config(["--threads", "1", "--cache-dir", str(cache_dir)]))
-    floor = unreachable_methods(workload.model, workload.example_inputs, ("channel",), 0.0,
-                                table.predict_model_ratio)["channel"]
-    return round((1 + floor) / 2, 3)
 
 
 def test_bench_on_digits_gives_every_arm_the_same_final_stage(cache_dir: Path, digits, tmp_path: Path) -> None:
@@ -61,8 +47,13 @@ def test_bench_on_digits_gives_every_arm_the_same_final_stage(cache_dir: Path, d
             if arm != "uniform_magnitude" and not budget.startswith("latency"):
                 assert not r["over_budget"] and r["flops_ratio"] <= limit + 1e-9, (budget, arm)
         assert row["search_own"]["label"] == "search"  # its own trials only: never a warm start
-        promoted = optuna.load_study(study_name="search", storage=storage_url(out / budget / "search")).user_attrs
-        assert len(promoted.get(PROMOTION_ATTR, {})) >= 2, budget  # successive halving ran before the final stage
+        storage = storage_url(out / budget / "search")
+        promoted = optuna.load_study(study_name="search", storage=storage).user_attrs.get(PROMOTION_ATTR, {})
+        # successive halving ran before the final stage wherever two trials were within budget: always at a FLOPs
+        # budget (the fitted baselines are); at a latency one, measured times can put all but one over it
+        fitting = promotion_candidates(load_records(storage, final=False).trials, limit, 2)
+        assert len(fitting) == 2 or budget.startswith("latency"), budget
+        assert len(promoted) >= len(fitting) if len(fitting) == 2 else not promoted, budget
     screening = bench["screening"]
     assert screening["pairs"] >= 3 and screening["seconds_per_candidate"] > 0
     assert screening["spearman"] is not None and -1 <= screening["spearman"] <= 1
