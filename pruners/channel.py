@@ -30,7 +30,7 @@ from .registry import Sparsity, register
 from .sparsity import check_layer_keys
 
 log = logging.getLogger(__name__)
-CHANNEL_OPTIONS = ("round_to", "global_pruning", "calibration", "blocks", "reconstruct")
+CHANNEL_OPTIONS = ("round_to", "global_pruning", "calibration", "blocks", "reconstruct", "block_order")
 
 
 @register("channel", criteria=CHANNEL_CRITERIA,
@@ -39,7 +39,7 @@ CHANNEL_OPTIONS = ("round_to", "global_pruning", "calibration", "blocks", "recon
 def channel(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, criterion: str,
             round_to: int | None = None, global_pruning: bool = False,
             calibration: tuple[torch.Tensor, torch.Tensor] | None = None, blocks: int = 0,
-            reconstruct: bool = False) -> nn.Module:
+            reconstruct: bool = False, block_order: list[str] | None = None) -> nn.Module:
     """Remove the least important channels of every prunable group.
 
     A float prunes that fraction of each group (or, with global_pruning, of all channels ranked
@@ -47,10 +47,11 @@ def channel(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, 
     group's out_layers sets that group's ratio; when members of one group disagree the largest wins.
     Unlisted groups are left whole. `round_to` keeps widths multiples of it; `calibration` is the
     (inputs, labels) batch that the `taylor` and `activation` criteria need. `blocks` first removes that many
-    residual blocks (layer pruning, l1 ranking): depth and width pruned together, which at small batch sizes cuts
-    time that thinner layers cannot, since every layer pays a fixed launch cost. `reconstruct` then refits every
-    layer that lost inputs to reproduce the dense outputs on the calibration batch's inputs (reconstruct.py). Parts
-    of a model that torch-pruning cannot trace are pruned piecewise or skipped (see fallback.py), with a warning.
+    residual blocks (layer pruning, l1 ranking, or the first of `block_order`): depth and width pruned together,
+    which at small batch sizes cuts time that thinner layers cannot, since every layer pays a fixed launch cost.
+    `reconstruct` then refits every layer that lost inputs to reproduce the dense outputs on the calibration batch's
+    inputs (reconstruct.py). Parts of a model that torch-pruning cannot trace are pruned piecewise or skipped (see
+    fallback.py), with a warning.
     """
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
         raise ValueError(f"round_to={round_to!r} is invalid; use a positive int or None")
@@ -60,7 +61,7 @@ def channel(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, 
     inputs = calibration[0] if reconstruct else None
     calibration = check_calibration(criterion, calibration)
     check_layer_keys(model, sparsity)
-    removed = remove_blocks(model, example_inputs, blocks)
+    removed = remove_blocks(model, example_inputs, blocks, order=block_order)
     if removed and isinstance(sparsity, dict):
         sparsity = {k: r for k, r in sparsity.items() if not any(k == b or k.startswith(b + ".") for b in removed)}
     bake(model)

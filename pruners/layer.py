@@ -108,15 +108,17 @@ def block_scores(model: nn.Module, blocks: list[str], criterion: str, inputs: to
     return {b: sums.get(b, 0.0) for b in blocks}
 
 
-@register("layer", criteria=LAYER_CRITERIA, options=("blocks", "calibration"), knob="scalar", removes_work=True,
-          search_criteria=("l1",), calibrated=("activation",), subsumed_by="channel")
+@register("layer", criteria=LAYER_CRITERIA, options=("blocks", "calibration", "block_order"), knob="scalar",
+          removes_work=True, search_criteria=("l1",), calibrated=("activation",), subsumed_by="channel")
 def layer(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, criterion: str,
-          blocks: int | None = None, calibration: Calibration | torch.Tensor | None = None) -> nn.Module:
+          blocks: int | None = None, calibration: Calibration | torch.Tensor | None = None,
+          block_order: list[str] | None = None) -> nn.Module:
     """Replace the least important removable blocks by nn.Identity.
 
     `sparsity` is the fraction of removable blocks removed (rounded half up); `blocks` gives the count
     directly and overrides it. The activation criterion measures on `calibration` inputs when
-    given, else on `example_inputs`.
+    given, else on `example_inputs`. `block_order` names every removable block, first removed first (a measured
+    ranking, search.sensitivity), in place of the criterion's.
     """
     if isinstance(sparsity, dict):
         raise ValueError("method 'layer' takes one float sparsity, not a per-layer dict; "
@@ -127,22 +129,27 @@ def layer(model: nn.Module, example_inputs: torch.Tensor, sparsity: Sparsity, cr
     if not candidates:
         log.warning("layer: the model has no removable residual blocks; nothing removed")
     count = int(sparsity * len(candidates) + 0.5) if blocks is None else blocks
-    remove_blocks(model, example_inputs, count, criterion, calibration, candidates)
+    remove_blocks(model, example_inputs, count, criterion, calibration, candidates, block_order)
     return model
 
 
 def remove_blocks(model: nn.Module, example_inputs: torch.Tensor, count: int, criterion: str = "l1",
-                  calibration: Calibration | torch.Tensor | None = None, candidates: list[str] | None = None
-                  ) -> list[str]:
-    """Replace the `count` least important removable blocks of `model` by nn.Identity; returns their names."""
+                  calibration: Calibration | torch.Tensor | None = None, candidates: list[str] | None = None,
+                  order: list[str] | None = None) -> list[str]:
+    """Replace the `count` least important removable blocks of `model` by nn.Identity (by the criterion's scores,
+    or the first `count` of `order`, which must name every removable block); returns their names."""
     candidates = removable_blocks(model, example_inputs) if candidates is None else candidates
     if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= len(candidates):
         raise ValueError(f"blocks={count!r} is invalid; use an int in [0, {len(candidates)}] for this model")
+    if order is not None and sorted(order) != sorted(candidates):
+        raise ValueError(f"block_order={order!r} must name each removable block of this model once: {candidates}")
     if count == 0:
         return []
-    inputs = calibration[0] if isinstance(calibration, (tuple, list)) else calibration
-    scores = block_scores(model, candidates, criterion, example_inputs if inputs is None else inputs)
-    removed = sorted(candidates, key=scores.__getitem__)[:count]
+    if order is None:
+        inputs = calibration[0] if isinstance(calibration, (tuple, list)) else calibration
+        scores = block_scores(model, candidates, criterion, example_inputs if inputs is None else inputs)
+        order = sorted(candidates, key=scores.__getitem__)
+    removed = order[:count]
     for name in removed:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, nn.Identity())

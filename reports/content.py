@@ -393,12 +393,20 @@ def _sensitivity_section(info: RunInfo) -> Section | None:
     rows = [[group, *(f"{fmt.percent(a)} ({fmt.points(a - dense)})" for a in accuracy),
              f"{100 * sum(found['saved'][group]) / len(ratios):.1f}%", f"{efficiency.get(group, 0.0):.2f}"]
             for group, accuracy in sorted(found["accuracy"].items(), key=lambda item: -efficiency.get(item[0], 0.0))]
-    return Section("Sensitivity map", [
+    paragraphs = [
         f"Each channel group pruned alone ({found['method']}, {found['criterion']}) at each ratio, batch norm "
         f"recalibrated, screened on the first validation samples (dense: {fmt.percent(dense)}); measured once, in "
         f"{found['seconds']:.0f} s. Efficiency is the {cost} saved per accuracy lost: the `sensitivity` allocation "
-        "prunes a group in proportion to it (to a searched power), most efficient first below."],
-        Table(["group", *(f"at {r:g}" for r in ratios), f"{cost} saved (mean)", "efficiency"], rows))
+        "prunes a group in proportion to it (to a searched power), most efficient first below."]
+    order = info.space.get("depth", {}).get("order")
+    if found.get("block_accuracy") and isinstance(order, list):
+        blocks = ", ".join(f"{b} ({fmt.percent(found['block_accuracy'][b])}, "
+                           f"{fmt.points(found['block_accuracy'][b] - dense)}, saves "
+                           f"{100 * found['block_saved'][b]:.1f}%)" for b in order)
+        paragraphs.append(f"Each removable block removed alone, screened the same way; a point that removes k blocks "
+                          f"removes the first k in this order (most {cost} saved per accuracy lost first): {blocks}.")
+    table = Table(["group", *(f"at {r:g}" for r in ratios), f"{cost} saved (mean)", "efficiency"], rows)
+    return Section("Sensitivity map", paragraphs, table)
 
 
 def _dynamic_section(inputs: ReportInputs) -> Section | None:

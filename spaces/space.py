@@ -74,6 +74,7 @@ class SearchSpace:
     blocks: int = 0  # removable residual blocks: a per-group method that takes `blocks` may drop up to this many
     block_share: float = 0.0  # mean share of the dense cost (FLOPs, or time with --cost latency) in one removable block
     sensitivity: dict[str, float] | None = None  # group -> cost saved per accuracy lost, pruned alone (measured)
+    block_order: tuple[str, ...] = ()  # removable blocks, first removed first, by the sensitivity map (else: l1)
     exit_choices: tuple[int, ...] = ()  # dynamic: how many early exits a point may have (the network's stage outputs)
     quantize: bool = False  # whether a static point may be quantised to int8 after recovery (--quantize)
     int8_factor: float = 1.0  # the dense model's cost int8 over float, in the run's metric: an int8 point's float
@@ -199,6 +200,8 @@ class SearchSpace:
             options["round_to"] = params["round_to"]
         if self.removed_blocks(params) > 0:
             options["blocks"] = self.removed_blocks(params)
+        if self.block_order and (options.get("blocks") or traits.knob == "scalar") and "block_order" in traits.options:
+            options["block_order"] = list(self.block_order)
         if params.get("reconstruct"):
             options["reconstruct"] = True
         if traits.dynamic:
@@ -281,8 +284,10 @@ class SearchSpace:
                                        "a calibration batch (least squares), before batch-norm recalibration"},
             "depth": {"low": 0.0, "high": 1.0, "removable_blocks": self.blocks,
                       "block_flops_share": round(self.block_share, 4),
+                      "order": list(self.block_order) or "l1 ranking",
                       "meaning": "share of the blocks that removal alone could take off before the cost falls under "
-                                 "the target, removed (l1 ranking) before channels are pruned"},
+                                 "the target, removed in `order` (the sensitivity map's: most cost saved per accuracy "
+                                 "lost first) before channels are pruned"},
             "nm_patterns": self.nm_patterns() if any(get_method(m).knob == "pattern" for m in self.methods) else [],
             "exits": {"choices": list(self.exit_choices), "share": list(EXIT_SHARE),
                       "meaning": "dynamic: early-exit heads after stage outputs; the backbone is pruned to target ** "

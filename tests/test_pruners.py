@@ -343,6 +343,19 @@ def test_channel_with_blocks_removes_depth_then_width() -> None:
     assert not any(isinstance(b, nn.Identity) for b in model.blocks)  # the input model is untouched
 
 
+def test_a_block_order_removes_its_first_blocks_whatever_the_criterion_ranks_first() -> None:
+    model = tiny().eval()
+    by_l1 = prune(model, X, "layer", 0.0, blocks=1, criterion="l1")
+    first = next(i for i, b in enumerate(by_l1.blocks) if isinstance(b, nn.Identity))
+    order = [f"blocks.{i}" for i in (*(i for i in range(3) if i != first), first)]  # l1's pick removed last
+    for method, sparsity in (("layer", 0.0), ("channel", {"blocks.0.conv1": 0.25})):
+        pruned = prune(model, X, method, sparsity, blocks=2, criterion="l1", block_order=order)
+        removed = [f"blocks.{i}" for i, b in enumerate(pruned.blocks) if isinstance(b, nn.Identity)]
+        assert removed == sorted(order[:2]) and pruned(X).shape == model(X).shape, method
+    with pytest.raises(ValueError, match="block_order=.*must name each removable block"):
+        prune(model, X, "layer", 0.0, blocks=1, block_order=order[:2])
+
+
 def test_method_traits_say_which_methods_run_faster_on_dense_kernels() -> None:
     assert set(faster_methods()) == {"channel", "layer"} and default_methods() == ["channel"]
     for name in ("magnitude", "global_magnitude", "nm"):
