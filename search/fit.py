@@ -12,8 +12,9 @@ from pruners import get_method, prune
 from spaces import Policy, SearchSpace
 from spaces.space import MAX_SPARSITY, ROUND_TO
 
-TOLERANCE = 0.03  # accept a ratio within this share of the target under it: an absolute 0.02 let trials at a budget
-# of 0.25 land at 0.216 (fashion-resnet20 benchmark), 14% of their FLOPs left unused against a baseline at 0.246
+TOLERANCE = 0.01  # accept a ratio within this share of the target under it: an absolute 0.02 let trials at a budget
+# of 0.25 land at 0.216 (fashion-resnet20 benchmark), 14% of their FLOPs left unused against a baseline at 0.246, and
+# 3% let the benchmark's pick at 0.5 land at 0.471 against Torch-Pruning's 0.498
 MAX_STEPS = 8
 
 

@@ -97,15 +97,16 @@ def test_depth_removes_blocks_without_overshooting_the_target(resnet_space, targ
 
 
 @pytest.mark.parametrize("target", [0.24, 0.5])
-def test_a_fitted_point_lands_within_three_percent_under_its_target(resnet_space, target: float) -> None:
-    """At a budget of 0.25 an absolute slack of 0.02 left this point at 0.221: 8% of the FLOPs unused."""
+def test_a_fitted_point_lands_within_one_percent_under_its_target(resnet_space, target: float) -> None:
+    """At a budget of 0.25 an absolute slack of 0.02 left this point at 0.221: 8% of the FLOPs unused; 3% left the
+    benchmark's pick at 0.5 at 0.471 against Torch-Pruning's 0.498."""
     from search.fit import fit_to_target
     model, x, space = resnet_space
     dense = count_flops(model, x)
     params = {"method": "channel", "lr_scale": 1.0, "target": target, "criterion": "l2", "round_to": 1,
               "ranking": "per_group", "allocation": "shaped", "stream_share": 0.743, "depth_tilt": 0.46, "depth": 0.3}
     fitted = fit_to_target(model, x, space, params, target, lambda m: count_flops(m, x) / dense)
-    assert target * 0.97 <= fitted.ratio <= target
+    assert target * 0.99 <= fitted.ratio <= target
 
 
 def test_distillation_temperature_is_searched_only_where_distillation_is_on(resnet_space) -> None:
