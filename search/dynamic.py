@@ -27,6 +27,7 @@ from search.measure import (
     leaf_flops,
     model_size_bytes,
 )
+from search.timing import validation_stream
 from search.training import Batches, train
 from search.workloads import Workload
 from spaces import Policy
@@ -36,7 +37,6 @@ if TYPE_CHECKING:  # search.reference measures a dynamic model with this module:
 
 MIN_HEAD_STEPS = 200  # the heads train at least this many steps, however short the search's fine-tune: an
 # untrained head is never confident, so the threshold fitted to the cost target falls low and accuracy with it
-STREAM_INPUTS = 300  # validation inputs timed one at a time, interleaved with dense, for a dynamic model's latency
 
 
 def attach_exits(model: nn.Module, example_inputs: torch.Tensor, count: int = 2) -> EarlyExitModel:
@@ -227,13 +227,12 @@ def fit_threshold(exits: EarlyExitModel, loader: Batches, costs: list[float], ta
 def measure_dynamic(exits: EarlyExitModel, workload: Workload, dense: DenseReference, *, device: str = "cpu",
                     threads: int | None = None) -> Measured:
     """A dynamic model's costs against dense: FLOPs per input averaged over the validation split (with how many inputs
-    left at each exit), and mean batch-1 latency over a stream of STREAM_INPUTS validation inputs, interleaved with
-    the dense model input by input."""
+    left at each exit), and mean batch-1 latency over a stream of validation inputs (search.timing), interleaved
+    with the dense model input by input."""
     flops = exit_costs(exits, workload.example_inputs)
     evaluation = evaluate_dynamic(exits, workload.val, flops)
-    stream = [inputs[i:i + 1] for inputs, _ in workload.val for i in range(len(inputs))][:STREAM_INPUTS]
-    timing = compare_stream_latency({"dense": workload.model, "dynamic": exits}, stream, reference="dense",
-                                    device=device, threads=threads)
+    timing = compare_stream_latency({"dense": workload.model, "dynamic": exits}, validation_stream(workload),
+                                    reference="dense", device=device, threads=threads)
     params, size = count_params(exits, nonzero_only=True), model_size_bytes(exits)
     return Measured(flops=round(evaluation.mean_cost), params=params, size_bytes=size,
                     latency_ms=timing["dynamic"]["mean_ms"], latency_p90_ms=timing["dynamic"]["p90_ms"],

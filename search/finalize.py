@@ -93,7 +93,7 @@ def refinetune(record: TrialRecord, workload: Workload, dense: DenseReference, c
     node = None
     if config.latency_on:
         from search.backends.ray_latency import target_latency_attrs
-        on_target = target_latency_attrs(workload.model, model, workload.example_inputs, config)
+        on_target = target_latency_attrs(workload, model, config)
         measured = replace(measured, **{key: on_target[key] for key in TARGET_TIMED})
         node = on_target["latency_node"]
     return FinalModel(model, accuracy, evaluate(model, workload.test, config.device), measured, node)

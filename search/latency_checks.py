@@ -13,9 +13,9 @@ import optuna
 
 from reports import TrialRecord, select_best
 from reports.records import BATCHES_ATTR, REMEASURED_ATTR, load_records
-from search.measure import compare_latency
 from search.model_files import load_pruned
 from search.study import record_by_trial, storage_url
+from search.timing import stream_for, time_against_dense
 from search.trial import TrialContext
 
 log = logging.getLogger(__name__)
@@ -31,16 +31,18 @@ class LatencyUnverified(RuntimeError):
 
 def _timed(ctx: TrialContext, record: TrialRecord, batch_size: int, repeats: int, rounds: int) -> tuple[dict, dict]:
     """Time a trial's saved model interleaved with dense at `batch_size`: here, or with --latency-on on the target,
-    as the search's trials were; returns the stats and, for the stored entry, the node that timed them."""
+    as the search's trials were (a dynamic model at batch 1 over a stream of validation inputs, search.timing);
+    returns the stats and, for the stored entry, the node that timed them."""
     model = load_pruned(ctx.run_dir, str(record.model_path), ctx.workload.model)
     models = {"dense": ctx.workload.model, "pruned": model}
     if ctx.config.latency_on:
         from search.backends.ray_latency import time_on_target
-        stats, node = time_on_target(models, ctx.workload.example_inputs, ctx.config, batch_size=batch_size,
-                                     repeats=repeats, rounds=rounds)
+        stats, node = time_on_target(models, ctx.workload, ctx.config, batch_size=batch_size, repeats=repeats,
+                                     rounds=rounds)
         return stats, {"latency_node": node}
-    return compare_latency(models, ctx.workload.example_inputs, reference="dense", device=ctx.config.device,
-                           threads=ctx.config.threads, batch_size=batch_size, repeats=repeats, rounds=rounds), {}
+    stream = stream_for(models, ctx.workload, batch_size)
+    return time_against_dense(models, ctx.workload.example_inputs, stream, device=ctx.config.device,
+                              threads=ctx.config.threads, batch_size=batch_size, repeats=repeats, rounds=rounds), {}
 
 
 def time_both_batches(study: optuna.Study, front: list[TrialRecord], ctx: TrialContext) -> None:
@@ -56,8 +58,8 @@ def time_both_batches(study: optuna.Study, front: list[TrialRecord], ctx: TrialC
         stats, where = _timed(ctx, record, other, repeats=20 if other > 1 else 50, rounds=5)
         batches = {str(used): {"latency_ratio": record.latency_ratio, "p50_ms": record.latency_ms,
                                "dense_p50_ms": record.dense_latency_ms, "searched": True},
-                   str(other): {"latency_ratio": stats["pruned"]["ratio"], "p50_ms": stats["pruned"]["p50_ms"],
-                                "dense_p50_ms": stats["dense"]["p50_ms"]}}
+                   str(other): {"latency_ratio": stats["pruned"]["ratio"], "p50_ms": stats["pruned"]["headline_ms"],
+                                "dense_p50_ms": stats["dense"]["headline_ms"]}}
         record_by_trial(study, BATCHES_ATTR, {record.number: {"model_path": record.model_path, "batches": batches,
                                                               **where}})
 
@@ -75,7 +77,7 @@ def remeasure_pick(study: optuna.Study, ctx: TrialContext) -> None:
         if best is None or best.latency_ratio_p10 is not None or best.model_path is None:
             return
         stats, where = _timed(ctx, best, config.batch_size, REMEASURE_REPEATS, REMEASURE_ROUNDS)
-        rounds = [p / d for p, d in zip(stats["pruned"]["round_p50_ms"], stats["dense"]["round_p50_ms"])]
+        rounds = stats["pruned"]["round_ratios"]
         deciles = statistics.quantiles(rounds, n=10)
         entry = {"model_path": best.model_path, "latency_ratio": stats["pruned"]["ratio"], "p10": deciles[0],
                  "p90": deciles[-1], "rounds": len(rounds), "search_latency_ratio": best.latency_ratio, **where}

@@ -2,8 +2,11 @@
 relax, and a stream that turns noisy stays within its loss budget."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+from torch import nn
 
 from dynamic import NEVER, EarlyExitModel
 from dynamic.runtime import ALL_TO_DENSE, DynamicRuntime
@@ -170,3 +173,31 @@ def test_the_runtime_saves_and_loads_with_its_model(exits: EarlyExitModel, digit
     x = digits.example_inputs
     with torch.no_grad():
         assert torch.equal(fresh(x), exits(x))
+
+
+def test_a_dynamic_model_is_re_timed_at_batch_one_over_a_stream_of_validation_inputs(
+        exits: EarlyExitModel, digits: Workload, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pick's re-timing (latency_checks) once timed one input repeated, so one path of the exits: runs/dyn-lat0.6
+    re-timed its dynamic pick at 0.807 of dense against 0.542 over the search's stream, and dropped it. It must see
+    the stream, one pass per round; a batch runs every exit, so there one repeated input is right."""
+    from search import latency_checks
+    from search.config import parse_config
+    from search.model_files import save_pruned
+    from search.timing import stream_for
+    exits.thresholds.fill_(0.9)
+    save_pruned(exits, tmp_path / "model.pt")
+    seen: set[float] = set()
+    load = latency_checks.load_pruned
+
+    def watched(*args: object) -> nn.Module:
+        model = load(*args)
+        model.register_forward_pre_hook(lambda _module, inputs: seen.add(float(inputs[0].sum())))
+        return model
+
+    monkeypatch.setattr(latency_checks, "load_pruned", watched)
+    ctx = SimpleNamespace(run_dir=tmp_path, workload=digits, config=parse_config(["--workload", "digits-cnn"]))
+    stats, _ = latency_checks._timed(ctx, SimpleNamespace(model_path="model.pt"), 1, repeats=50, rounds=2)
+    stream = stream_for({"pruned": exits}, digits, 1)
+    assert len(seen) > 100 and stats["pruned"]["repeats"] == 2 * len(stream)
+    assert len(stats["pruned"]["round_ratios"]) == 2 and stats["pruned"]["headline_ms"] == stats["pruned"]["mean_ms"]
+    assert stream_for({"pruned": exits}, digits, 64) is None and stream_for({"dense": digits.model}, digits, 1) is None

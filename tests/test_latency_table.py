@@ -146,7 +146,7 @@ def test_the_pick_is_re_measured_even_when_a_re_timing_hands_the_pick_to_another
     # a budget over every search timing (tiny models at batch 64 sometimes time over dense), and re-timings between
     ratio = max(r.latency_ratio for r in feasible) + 0.05
     ctx = replace(ctx, config=replace(ctx.config, budget=ratio + 0.05))
-    near = {"pruned": {"ratio": ratio, "round_p50_ms": [ratio] * 25}, "dense": {"round_p50_ms": [1.0] * 25}}
+    near = {"pruned": {"ratio": ratio, "round_ratios": [ratio] * 25}}
     monkeypatch.setattr(latency_checks, "_timed", lambda *_args, **_kwargs: (near, {}))
     latency_checks.remeasure_pick(study, ctx)
     best = select_best(load_records(storage_url(ctx.run_dir)).trials, ctx.config.budget, 0.5)
@@ -170,7 +170,7 @@ def test_a_pick_left_unmeasured_after_every_remeasure_missed_is_an_error(digits,
     assert len(feasible) >= 2
     # a budget over every search timing, so a refused pick always leaves another (a lone feasible model once did not)
     ctx = replace(ctx, config=replace(ctx.config, budget=max(r.latency_ratio for r in feasible) + 0.05))
-    slow = {"pruned": {"ratio": 5.0, "round_p50_ms": [5.0] * 25}, "dense": {"round_p50_ms": [1.0] * 25}}
+    slow = {"pruned": {"ratio": 5.0, "round_ratios": [5.0] * 25}}
     monkeypatch.setattr(latency_checks, "_timed", lambda *_args, **_kwargs: (slow, {}))
     monkeypatch.setattr(latency_checks, "MAX_REMEASURED", 1)
     with pytest.raises(latency_checks.LatencyUnverified, match="was not re-measured"):

@@ -127,7 +127,7 @@ def _dense_latency_on_target(study: optuna.Study, ctx: TrialContext) -> TrialCon
     """Measure the dense model's latency on the target node and store it as the run's dense latency."""
     resource = ctx.config.latency_on
     require_target(resource)
-    stats, node = time_on_target({"dense": ctx.workload.model}, ctx.workload.example_inputs, ctx.config)
+    stats, node = time_on_target({"dense": ctx.workload.model}, ctx.workload, ctx.config)
     dense = replace(ctx.dense, latency_ms=stats["dense"]["p50_ms"])
     table = table_on_target(ctx.workload.model, ctx.workload.example_inputs, ctx.config)
     study.set_user_attr("dense", dense.to_json())

@@ -16,8 +16,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from torch import nn
 
 from search.config import ConfigError, RunConfig
-from search.measure import compare_latency
 from search.measure.latency_table import LatencyTable, LatencyTableError, latency_table
+from search.timing import stream_for, time_against_dense
+from search.workloads import Workload
 
 # A task started by a Tune trial lands in the trial's placement group unless told otherwise; the target is elsewhere.
 OUTSIDE_TRIAL_BUNDLE = PlacementGroupSchedulingStrategy(placement_group=None)
@@ -31,11 +32,12 @@ def _describe_node(device: str) -> str:
 
 
 @ray.remote(num_cpus=0)
-def _time_models(models: dict[str, nn.Module], example_inputs: torch.Tensor, device: str, threads: int | None,
-                 batch_size: int, repeats: int, rounds: int) -> tuple[dict[str, dict[str, Any]], str]:
-    """Ray task: `compare_latency` against "dense" where it runs, and where that was."""
-    stats = compare_latency(models, example_inputs, reference="dense", device=device, threads=threads,
-                            batch_size=batch_size, repeats=repeats, rounds=rounds)
+def _time_models(models: dict[str, nn.Module], example_inputs: torch.Tensor, stream: list[torch.Tensor] | None,
+                 device: str, threads: int | None, batch_size: int, repeats: int,
+                 rounds: int) -> tuple[dict[str, dict[str, Any]], str]:
+    """Ray task: `time_against_dense` where it runs, and where that was."""
+    stats = time_against_dense(models, example_inputs, stream, device=device, threads=threads,
+                               batch_size=batch_size, repeats=repeats, rounds=rounds)
     return stats, _describe_node(device)
 
 
@@ -47,16 +49,17 @@ def require_target(resource: str) -> None:
                           "start one that does (ray_cluster.yaml: the target node type)")
 
 
-def time_on_target(models: dict[str, nn.Module], example_inputs: torch.Tensor, config: RunConfig, *,
+def time_on_target(models: dict[str, nn.Module], workload: Workload, config: RunConfig, *,
                    batch_size: int | None = None, repeats: int = 50, rounds: int = 5
                    ) -> tuple[dict[str, dict[str, Any]], str]:
-    """Time `models` (one named "dense") on a node with `config.latency_on`, at `batch_size` (default the run's);
-    returns the stats and the node."""
+    """Time `models` (one named "dense") on a node with `config.latency_on`, at `batch_size` (default the run's), as
+    search.timing times them here; returns the stats and the node."""
     require_target(config.latency_on)
+    batch_size = batch_size or config.batch_size
     task = _time_models.options(resources={config.latency_on: 1}, num_gpus=1 if config.device == "cuda" else 0,
                                 scheduling_strategy=OUTSIDE_TRIAL_BUNDLE)
-    return ray.get(task.remote(models, example_inputs, config.device, config.threads,
-                               batch_size or config.batch_size, repeats, rounds))
+    return ray.get(task.remote(models, workload.example_inputs, stream_for(models, workload, batch_size),
+                               config.device, config.threads, batch_size, repeats, rounds))
 
 
 @ray.remote(num_cpus=0)
@@ -76,12 +79,11 @@ def table_on_target(model: nn.Module, example_inputs: torch.Tensor, config: RunC
     return ray.get(task.remote(model, example_inputs, config))
 
 
-def target_latency_attrs(dense: nn.Module, pruned: nn.Module, example_inputs: torch.Tensor,
-                         config: RunConfig) -> dict[str, Any]:
+def target_latency_attrs(workload: Workload, pruned: nn.Module, config: RunConfig) -> dict[str, Any]:
     """A trial's latency attributes measured on the target, replacing those the trial took where it ran."""
-    stats, node = time_on_target({"dense": dense, "pruned": pruned}, example_inputs, config)
-    attrs = {"latency_ms": stats["pruned"]["p50_ms"], "latency_p90_ms": stats["pruned"]["p90_ms"],
-             "dense_latency_ms": stats["dense"]["p50_ms"], "latency_ratio": stats["pruned"]["ratio"],
+    stats, node = time_on_target({"dense": workload.model, "pruned": pruned}, workload, config)
+    attrs = {"latency_ms": stats["pruned"]["headline_ms"], "latency_p90_ms": stats["pruned"]["p90_ms"],
+             "dense_latency_ms": stats["dense"]["headline_ms"], "latency_ratio": stats["pruned"]["ratio"],
              "latency_node": node}
     if config.cost == "latency":
         attrs["cost_ratio"] = attrs["latency_ratio"]

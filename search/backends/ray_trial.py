@@ -85,7 +85,7 @@ def _sent_home(setup: TrialSetup, outcome: TrialOutcome, scratch: Path) -> Trial
     ctx, attrs = setup.ctx, dict(outcome.attrs)
     if ctx.config.latency_on:
         pruned = load_pruned(scratch, attrs["model_path"], ctx.workload.model)
-        attrs.update(target_latency_attrs(ctx.workload.model, pruned, ctx.workload.example_inputs, ctx.config))
+        attrs.update(target_latency_attrs(ctx.workload, pruned, ctx.config))
     for relative in saved_files(attrs["model_path"]):
         if (scratch / relative).is_file():
             ray.get(setup.writer.write.remote(str(relative), (scratch / relative).read_bytes()))

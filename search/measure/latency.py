@@ -38,7 +38,8 @@ def latency(
         repeats=repeats,
         rounds=1,
     )["model"]
-    del result["ratio"], result["round_p50_ms"]
+    for relative_key in ("ratio", "round_p50_ms", "round_ratios", "headline_ms"):
+        del result[relative_key]
     return result
 
 
@@ -57,8 +58,9 @@ def compare_latency(
     """Time the models interleaved; per model its latency stats and ``ratio`` = p50 / the reference's p50.
 
     Each of ``rounds`` rounds times every model for ``repeats // rounds`` forward passes (at least one),
-    in an order rotated each round; ``round_p50_ms`` holds each round's median, so a ratio's spread over
-    rounds can be read. Models run on deep copies in eval mode under inference_mode, so the
+    in an order rotated each round; ``round_p50_ms`` holds each round's median and ``round_ratios`` each round's
+    ratio, so a ratio's spread over rounds can be read. ``headline_ms`` is the figure ``ratio`` divides (the p50).
+    Models run on deep copies in eval mode under inference_mode, so the
     callers' models keep their device and training flag. The input is the first sample of
     ``example_inputs`` repeated to ``batch_size``.
     """
@@ -83,15 +85,7 @@ def compare_latency(
                 samples[name] += times
                 round_p50[name].append(float(torch.tensor(times, dtype=torch.float64).median()))
     stats = {name: {**_summarise(times), "round_p50_ms": round_p50[name]} for name, times in samples.items()}
-    reference_p50 = stats[reference]["p50_ms"]
-    for entry in stats.values():
-        entry.update(
-            ratio=entry["p50_ms"] / reference_p50,
-            batch_size=batch_size,
-            device=str(dev),
-            threads=used_threads,
-        )
-    return stats
+    return _with_ratios(stats, round_p50, reference, "p50_ms", batch_size, dev, used_threads)
 
 
 def compare_stream_latency(
@@ -102,30 +96,53 @@ def compare_stream_latency(
     device: str = "cpu",
     threads: int | None = None,
     warmup: int = 10,
+    rounds: int = 1,
 ) -> dict[str, dict[str, Any]]:
     """Time the models on a stream of different inputs, one at a time, interleaved input by input (the order rotated
-    each input); per model its stats and ``ratio`` = mean / the reference's mean. For a model whose work depends on
-    the input (early exits), where one repeated input would time one path only."""
+    each input), ``rounds`` passes over the stream; per model its stats, ``ratio`` = mean / the reference's mean
+    (the expected cost per input, so ``headline_ms`` is the mean) and ``round_ratios``, one per pass. For a model
+    whose work depends on the input (early exits), where one repeated input would time one path only."""
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of the models: {sorted(models)}")
     if not stream:
         raise ValueError("the stream is empty: give at least one input")
+    if rounds < 1 or warmup < 0:
+        raise ValueError("rounds must be >= 1 and warmup >= 0")
     dev = torch.device(device)
     copies = {name: _copy(model).to(dev).eval() for name, model in models.items()}
     names = list(copies)
     samples: dict[str, list[float]] = {name: [] for name in names}
+    round_means: dict[str, list[float]] = {name: [] for name in names}
     with num_threads(threads) as used_threads, torch.inference_mode():
         for name in names:
             time_calls(copies[name], stream[0].to(dev), warmup, dev)
-        for index, inputs in enumerate(stream):
-            inputs = inputs.to(dev)
-            shift = index % len(names)
-            for name in names[shift:] + names[:shift]:
-                samples[name] += time_calls(copies[name], inputs, 1, dev)
+        for _ in range(rounds):
+            this_round: dict[str, list[float]] = {name: [] for name in names}
+            for index, inputs in enumerate(stream):
+                inputs = inputs.to(dev)
+                shift = index % len(names)
+                for name in names[shift:] + names[:shift]:
+                    this_round[name] += time_calls(copies[name], inputs, 1, dev)
+            for name, times in this_round.items():
+                samples[name] += times
+                round_means[name].append(sum(times) / len(times))
     stats = {name: _summarise(times) for name, times in samples.items()}
-    reference_mean = stats[reference]["mean_ms"]
-    for entry in stats.values():
-        entry.update(ratio=entry["mean_ms"] / reference_mean, batch_size=1, device=str(dev), threads=used_threads)
+    return _with_ratios(stats, round_means, reference, "mean_ms", stream[0].shape[0], dev, used_threads)
+
+
+def _with_ratios(stats: dict[str, dict[str, Any]], per_round: dict[str, list[float]], reference: str, headline: str,
+                 batch_size: int, device: torch.device, threads: int) -> dict[str, dict[str, Any]]:
+    """Each model's stats with ``headline_ms`` (the statistic compared), its ``ratio`` to the reference's, the
+    ratio in each round (``round_ratios``) and the conditions the timing was taken in."""
+    for name, entry in stats.items():
+        entry.update(
+            headline_ms=entry[headline],
+            ratio=entry[headline] / stats[reference][headline],
+            round_ratios=[own / ref for own, ref in zip(per_round[name], per_round[reference])],
+            batch_size=batch_size,
+            device=str(device),
+            threads=threads,
+        )
     return stats
 
 
