@@ -76,7 +76,14 @@ class EarlyExitModel(nn.Module):
         return self._one(x)
 
     def _one(self, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-        hooks = [point.register_forward_hook(self._stopper(index)) for index, point in enumerate(self._points)]
+        """Hooks go only on the exit points whose head can take the input (thresholds read once, as floats): at batch
+        1 every tensor read and hook call is time that the FLOPs do not count."""
+        if self.forced_exit is None:
+            limits = self.thresholds.tolist()
+            takers = [index for index, limit in enumerate(limits) if limit <= 1]
+        else:
+            limits, takers = None, [self.forced_exit]
+        hooks = [self._points[index].register_forward_hook(self._stopper(index, limits)) for index in takers]
         try:
             return self.backbone(x), len(self.exits)
         except _Exit as taken:
@@ -85,12 +92,13 @@ class EarlyExitModel(nn.Module):
             for hook in hooks:
                 hook.remove()
 
-    def _stopper(self, index: int):  # noqa: ANN202 - a forward hook
+    def _stopper(self, index: int, limits: list[float] | None):  # noqa: ANN202 - a forward hook
+        """The hook at exit `index`: its head runs and raises _Exit when confident enough (limits None: always)."""
+        head = self.heads[index]
+
         def hook(_module: nn.Module, _args: tuple, output: torch.Tensor) -> None:
-            if self.forced_exit != index and (self.forced_exit is not None or self.thresholds[index] > 1):
-                return  # this head cannot take the input: do not run it
-            logits = self.heads[index](output)
-            if self.forced_exit == index or float(logits.detach().softmax(1).max()) >= float(self.thresholds[index]):
+            logits = head(output)
+            if limits is None or float(logits.detach().softmax(1).max()) >= limits[index]:
                 raise _Exit(logits, index)
         return hook
 
