@@ -11,6 +11,7 @@ import torch
 from dynamic import EarlyExitModel
 from dynamic.runtime import DynamicRuntime
 from reports import write_report
+from reports.terminal import summary_lines
 from search.config import ConfigError, parse_config
 from search.dynamic import exit_cost_ratios, fit_threshold
 from search.model_files import load_pruned
@@ -48,6 +49,8 @@ def test_the_dynamic_pick_is_within_budget_and_reloads_as_it_was_measured(dynami
     assert runtime.exit_costs == sorted(runtime.exit_costs) and runtime.dense_cost == 1.0
     report = (dynamic_run / "report.md").read_text()
     assert "## Dynamic pick" in report and "best/runtime.json" in report
+    pareto = json.loads((dynamic_run / "pareto.json").read_text())
+    assert any(line.startswith("latency mean, stream") for line in summary_lines(pareto, "report.html"))
 
 
 def test_replay_serves_a_shifting_stream_and_the_report_plots_it(dynamic_run: Path) -> None:
