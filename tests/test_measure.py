@@ -16,15 +16,18 @@ from torch import nn
 from torch.nn.utils import prune
 from torch.utils.flop_counter import FlopCounterMode
 
+from dynamic import EarlyExitModel, exit_head
 from pruners import prune as prune_model
 from search.measure import (
     compare_latency,
     count_flops,
     count_params,
     flops_by_operator,
+    fold_batch_norms,
     latency,
     layer_flops,
     model_size_bytes,
+    timed_copy,
 )
 from search.workloads.models import resnet20
 
@@ -173,6 +176,67 @@ def test_a_quarter_of_the_channels_measures_faster_than_dense() -> None:
     assert result["quarter"]["ratio"] < 0.6  # a sixteenth of the FLOPs: far under dense, whatever the machine
     assert 0.75 < result["copy"]["ratio"] < 1.33  # the same network measures as the same
     assert len(result["quarter"]["round_p50_ms"]) == 5
+
+
+def _with_trained_norms(model: nn.Module) -> nn.Module:
+    """`model` with batch-norm statistics and affine weights away from their init, so a fold changes the weights."""
+    torch.manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.normal_()
+            module.bias.data.normal_()
+    return model.eval()
+
+
+def _norms(model: nn.Module) -> int:
+    return sum(isinstance(module, nn.BatchNorm2d) for module in model.modules())
+
+
+def test_the_timed_copy_has_its_batch_norms_folded_and_masks_baked_and_computes_the_same() -> None:
+    dense = _with_trained_norms(resnet20())
+    masked = mask_all(dense, 0.5)
+    inputs = torch.randn(4, 1, 28, 28)
+    for model in (dense, masked):
+        timed = timed_copy(model, inputs)
+        assert _norms(timed) == 0 and not prune.is_pruned(timed)
+        torch.testing.assert_close(timed(inputs), model.eval()(inputs), atol=1e-4, rtol=1e-4)
+        assert _norms(model) == 21  # the caller's model keeps its batch norms
+    assert prune.is_pruned(masked)
+
+
+def test_a_batch_norm_whose_convolution_output_is_also_read_elsewhere_is_not_folded() -> None:
+    class SharedOutput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.norm = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return self.norm(y) + y
+
+    model = _with_trained_norms(SharedOutput())
+    inputs = torch.randn(2, 3, 8, 8)
+    expected = model(inputs)
+    assert fold_batch_norms(model, inputs) == 0
+    assert isinstance(model.norm, nn.BatchNorm2d)
+    torch.testing.assert_close(model(inputs), expected)
+
+
+def test_an_early_exit_model_folds_its_heads_too_and_takes_the_same_exits() -> None:
+    backbone = _with_trained_norms(resnet20())
+    model = EarlyExitModel(backbone, ["layer1", "layer2"], [exit_head(16, 10), exit_head(32, 10)], [0.3, 0.3])
+    _with_trained_norms(model)
+    inputs = torch.randn(6, 1, 28, 28)
+    timed = timed_copy(model, inputs[:2])
+    assert _norms(timed) == 0
+    for index in range(len(inputs)):
+        one = inputs[index:index + 1]
+        logits, exit_taken = model.forward_with_exit(one)
+        timed_logits, timed_exit = timed.forward_with_exit(one)
+        assert timed_exit == exit_taken
+        torch.testing.assert_close(timed_logits, logits, atol=1e-4, rtol=1e-4)
 
 
 def test_interleaving_holds_the_ratio_when_the_machine_is_busy() -> None:

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruners.masks import bake
+from search.measure.folding import fold_batch_norms
+
 
 def latency(
     model: nn.Module,
@@ -60,8 +63,8 @@ def compare_latency(
     Each of ``rounds`` rounds times every model for ``repeats // rounds`` forward passes (at least one),
     in an order rotated each round; ``round_p50_ms`` holds each round's median and ``round_ratios`` each round's
     ratio, so a ratio's spread over rounds can be read. ``headline_ms`` is the figure ``ratio`` divides (the p50).
-    Models run on deep copies in eval mode under inference_mode, so the
-    callers' models keep their device and training flag. The input is the first sample of
+    Models run on deep copies in eval mode, batch norms folded (``timed_copy``), under inference_mode, so the
+    callers' models keep their device, modules and training flag. The input is the first sample of
     ``example_inputs`` repeated to ``batch_size``.
     """
     if reference not in models:
@@ -71,7 +74,7 @@ def compare_latency(
     dev = torch.device(device)
     per_round = max(repeats // rounds, 1)
     inputs = example_inputs[:1].expand(batch_size, *example_inputs.shape[1:]).contiguous().to(dev)
-    copies = {name: _copy(model).to(dev).eval() for name, model in models.items()}
+    copies = {name: timed_copy(model, example_inputs[:2], dev) for name, model in models.items()}
     samples: dict[str, list[float]] = {name: [] for name in copies}
     round_p50: dict[str, list[float]] = {name: [] for name in copies}
     names = list(copies)
@@ -109,7 +112,7 @@ def compare_stream_latency(
     if rounds < 1 or warmup < 0:
         raise ValueError("rounds must be >= 1 and warmup >= 0")
     dev = torch.device(device)
-    copies = {name: _copy(model).to(dev).eval() for name, model in models.items()}
+    copies = {name: timed_copy(model, torch.cat(stream[:2]), dev) for name, model in models.items()}
     names = list(copies)
     samples: dict[str, list[float]] = {name: [] for name in names}
     round_means: dict[str, list[float]] = {name: [] for name in names}
@@ -144,6 +147,15 @@ def _with_ratios(stats: dict[str, dict[str, Any]], per_round: dict[str, list[flo
             threads=threads,
         )
     return stats
+
+
+def timed_copy(model: nn.Module, example_inputs: torch.Tensor, device: torch.device | str = "cpu") -> nn.Module:
+    """The copy that is timed, as it ships: on `device`, in eval mode, weight masks baked in (as a saved model is) and
+    batch norms folded into their convolutions as a deployment folds them (search/measure/folding.py), so
+    per-operator time that no deployment pays is not counted."""
+    timed = bake(_copy(model)).to(device).eval()
+    fold_batch_norms(timed, example_inputs.to(device))
+    return timed
 
 
 def _copy(model: nn.Module) -> nn.Module:

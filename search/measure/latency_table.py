@@ -1,9 +1,10 @@
 """A latency model of the target: each conv/linear layer's time at the widths the search can produce (NetAdapt,
 HALP), measured once per device, batch, threads and input shape, cached, and summed to predict a pruned model.
 
-Each conv/linear layer is timed as a unit with the batch norm and activation modules that run right after it, at a
-grid of (input, output) widths; layers of the same signature (kind, kernel, stride, padding, input size, what
-follows them) share one grid. A model's predicted ratio to dense is the sum of its layers' times (bilinearly
+Each conv/linear layer is timed as a unit with the batch norm and activation modules that run right after it (a
+convolution's batch norm folded into it, as models are timed: search/measure/folding.py), at a grid of (input,
+output) widths; layers of the same signature (kind, kernel, stride, padding, input size, what follows them) share
+one grid. A model's predicted ratio to dense is the sum of its layers' times (bilinearly
 interpolated at their widths) over the dense sum, the rest of the network (adds, pooling, each block's own call)
 taken to shrink with its layers, raised to an exponent fitted on a few pruned copies timed against dense. A removed
 block simply has no layers. Torch has no such table, and NetAdapt and HALP publish none we could install.
@@ -41,7 +42,7 @@ WARMUP = 5  # passes for a unit's first round, which pays its allocations
 MIN_COVERAGE = 0.4  # the table models a network when its layers explain at least this share of the dense time
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU)
 """Activation modules timed with the layer they follow (a unit: layer, batch norm, activation)."""
-FORMAT = 3  # part of the cache key: a table measured by an older way of measuring is never reused
+FORMAT = 4  # part of the cache key: a table measured by an older way of measuring is never reused
 
 
 @dataclass(frozen=True)
@@ -254,19 +255,19 @@ def _bracket(axis: list[int], value: float) -> tuple[int, int, float]:
 
 
 def _make_unit(template: nn.Module, seen: _Seen, cin: int, cout: int) -> nn.Module:
-    """A fresh layer like `template` at the given widths, with the batch norm and activation that follow it."""
+    """A fresh layer like `template` at the given widths, with the activation that follows it and the batch norm as
+    it is timed: a linear layer's runs after it, a convolution's is folded into its bias (search/measure/folding.py)."""
     if isinstance(template, nn.Linear):
         layer: nn.Module = nn.Linear(cin, cout, bias=template.bias is not None)
-        norm: nn.Module = nn.BatchNorm1d(cout)
+        parts = [layer] + ([nn.BatchNorm1d(cout)] if seen.norm else [])
     else:
         conv: CONV = template  # type: ignore[assignment]
         depthwise = conv.groups > 1
         cout = cin if depthwise else cout
-        layer = type(conv)(cin, cout, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                           groups=cin if depthwise else 1, bias=conv.bias is not None, padding_mode=conv.padding_mode)
-        norm = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[len(conv.kernel_size)](cout)
-    parts = [layer] + ([norm] if seen.norm else []) + ([getattr(nn, seen.activation)()] if seen.activation else [])
-    return nn.Sequential(*parts)
+        parts = [type(conv)(cin, cout, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                            groups=cin if depthwise else 1, bias=conv.bias is not None or seen.norm,
+                            padding_mode=conv.padding_mode)]
+    return nn.Sequential(*parts, *([getattr(nn, seen.activation)()] if seen.activation else []))
 
 
 def _median_ms(module: nn.Module, inputs: torch.Tensor, dev: torch.device, calls: int = CALLS) -> float:
