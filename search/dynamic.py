@@ -5,6 +5,7 @@ latency over a stream of those inputs, interleaved with dense)."""
 from __future__ import annotations
 
 import copy
+import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from spaces import Policy
 if TYPE_CHECKING:  # search.reference measures a dynamic model with this module: no import cycle at run time
     from search.reference import DenseReference
 
+log = logging.getLogger(__name__)
 MEASURED_FITS = 3  # stream timings a dynamic model's threshold may take to land its measured latency on the target
 MIN_HEAD_STEPS = 200  # the heads train at least this many steps, however short the search's fine-tune: an
 # untrained head is never confident, so the threshold fitted to the cost target falls low and accuracy with it
@@ -193,14 +195,16 @@ def fit_measured_latency(model: EarlyExitModel, confidence: list[torch.Tensor], 
                          measure: Callable[[], float]) -> float:
     """Refit the threshold until the latency `measure` gives for the model as it stands (make_dynamic: the mean over
     the validation stream, search.timing), not the one predicted from each exit's forced path (`costs`, with each
-    head's `confidence` over validation), lands within fit.TOLERANCE under `target`; returns that measured ratio.
+    head's `confidence` over validation), lands 1-3% under `target` (fit.TOLERANCE from 1 to 3 times: a guard band,
+    since the model is timed again afterwards); returns that measured ratio.
 
     The prediction times each path on one repeated input; the stream mean differs from it by a few percent either way
     (measured on fashion-resnet20: 0.464 for a trial predicted at 0.5, 0.503 after its final fine-tune), enough to
-    leave the budget unused or to miss it. Each attempt scales the exit costs by measured over predicted and refits;
-    of the attempts, the one measured highest within the target is kept (else the one measured lowest)."""
+    leave the budget unused or to miss it, and a stream timing repeated moves by about 1% (a final model fitted to at
+    most 0.5 measured 0.5009 when timed again). Each attempt scales the exit costs by measured over predicted and
+    refits; of the attempts, the one measured highest within the band's top is kept, else the one measured lowest."""
     attempts: list[tuple[float, float]] = []  # (measured ratio, threshold)
-    aim = target * (1 - TOLERANCE / 2)
+    aim, top = target * (1 - 2 * TOLERANCE), target * (1 - TOLERANCE)
     threshold = threshold_for(confidence, costs, aim)
     for _ in range(MEASURED_FITS):
         model.thresholds.fill_(threshold)
@@ -208,11 +212,13 @@ def fit_measured_latency(model: EarlyExitModel, confidence: list[torch.Tensor], 
         attempts.append((measured, threshold))
         scale = measured / max(expected_cost(confidence, costs, threshold), 1e-9)
         refitted = threshold_for(confidence, [c * scale for c in costs], aim)
-        if target * (1 - TOLERANCE) <= measured <= target or refitted == threshold:
+        if target * (1 - 3 * TOLERANCE) <= measured <= top or refitted == threshold:
             break
         threshold = refitted
-    within = [attempt for attempt in attempts if attempt[0] <= target]
+    within = [attempt for attempt in attempts if attempt[0] <= top]
     measured, threshold = max(within) if within else min(attempts)
+    log.info("threshold fitted to the measured latency: %s -> %.4f (%.3f of dense, target %.3f)",
+             ", ".join(f"{t:.4f}: {m:.3f}" for m, t in attempts), threshold, measured, target)
     model.thresholds.fill_(threshold)
     return measured
 

@@ -102,7 +102,7 @@ def test_under_latency_cost_the_threshold_is_refitted_until_the_measured_cost_la
         digits: Workload, bias: float) -> None:
     """A measurement `bias` times the forced-path prediction (fashion-resnet20's stream measured 8% off it both ways)
     takes a threshold fitted to the prediction over the target (1.08) or leaves a tenth of it unused (0.92); the
-    measured refit lands within fit.TOLERANCE under it. The measurement here is the expected cost of the model's own
+    measured refit lands 1-3% under it. The measurement here is the expected cost of the model's own
     exits, priced `bias` times dearer, so the test does not time anything."""
     from search.dynamic import attach_exits, train_heads
     torch.manual_seed(0)
@@ -120,7 +120,7 @@ def test_under_latency_cost_the_threshold_is_refitted_until_the_measured_cost_la
         assert naive > target if bias > 1 else naive < target * (1 - 2 * TOLERANCE)
         measured = fit_measured_latency(exits, confidence, costs, target, measure)
         assert measured == pytest.approx(measure())
-        assert target * (1 - 2 * TOLERANCE) <= measured <= target
+        assert target * (1 - 3 * TOLERANCE) <= measured <= target * (1 - TOLERANCE)
 
 
 def test_dynamic_with_params_cost_is_refused() -> None:
