@@ -30,7 +30,7 @@ from search.measure import (
     leaf_flops,
     model_size_bytes,
 )
-from search.timing import validation_stream
+from search.timing import STREAM_ROUNDS, validation_stream
 from search.training import Batches, train
 from search.workloads import Workload
 from spaces import Policy
@@ -185,7 +185,7 @@ def make_dynamic(backbone: nn.Module, workload: Workload, policy: Policy, config
         stream = validation_stream(workload)
         fit_measured_latency(model, confidence, costs, target, lambda: compare_stream_latency(
             {"dense": workload.model, "dynamic": model}, stream, reference="dense", device=config.device,
-            threads=config.threads)["dynamic"]["ratio"])
+            threads=config.threads, rounds=STREAM_ROUNDS)["dynamic"]["ratio"])
     else:
         model.thresholds.fill_(threshold_for(confidence, costs, target))
     return model
@@ -200,17 +200,21 @@ def fit_measured_latency(model: EarlyExitModel, confidence: list[torch.Tensor], 
 
     The prediction times each path on one repeated input; the stream mean differs from it by a few percent either way
     (measured on fashion-resnet20: 0.464 for a trial predicted at 0.5, 0.503 after its final fine-tune), enough to
-    leave the budget unused or to miss it, and a stream timing repeated moves by about 1% (a final model fitted to at
-    most 0.5 measured 0.5009 when timed again). Each attempt scales the exit costs by measured over predicted and
-    refits; of the attempts, the one measured highest within the band's top is kept, else the one measured lowest."""
+    leave the budget unused or to miss it; and a timing repeated moves too (one pass over the stream by a standard
+    deviation of 0.01 of dense, hence search.timing.STREAM_ROUNDS passes and the guard band). Each attempt scales the
+    exit costs by measured over predicted (averaged over the attempts so far, so one noisy timing does not swing it)
+    and refits; of the attempts, the one measured highest within the band's top is kept, else the one measured
+    lowest."""
     attempts: list[tuple[float, float]] = []  # (measured ratio, threshold)
+    scales: list[float] = []  # measured over predicted, per attempt
     aim, top = target * (1 - 2 * TOLERANCE), target * (1 - TOLERANCE)
     threshold = threshold_for(confidence, costs, aim)
     for _ in range(MEASURED_FITS):
         model.thresholds.fill_(threshold)
         measured = measure()
         attempts.append((measured, threshold))
-        scale = measured / max(expected_cost(confidence, costs, threshold), 1e-9)
+        scales.append(measured / max(expected_cost(confidence, costs, threshold), 1e-9))
+        scale = sum(scales) / len(scales)
         refitted = threshold_for(confidence, [c * scale for c in costs], aim)
         if target * (1 - 3 * TOLERANCE) <= measured <= top or refitted == threshold:
             break
@@ -288,7 +292,7 @@ def measure_dynamic(exits: EarlyExitModel, workload: Workload, dense: DenseRefer
     flops = exit_costs(exits, workload.example_inputs)
     evaluation = evaluate_dynamic(exits, workload.val, flops)
     timing = compare_stream_latency({"dense": workload.model, "dynamic": exits}, validation_stream(workload),
-                                    reference="dense", device=device, threads=threads)
+                                    reference="dense", device=device, threads=threads, rounds=STREAM_ROUNDS)
     params, size = count_params(exits, nonzero_only=True), model_size_bytes(exits)
     return Measured(flops=round(evaluation.mean_cost), params=params, size_bytes=size,
                     latency_ms=timing["dynamic"]["mean_ms"], latency_p90_ms=timing["dynamic"]["p90_ms"],
