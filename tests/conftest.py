@@ -28,18 +28,8 @@ def one_thread():  # noqa: ANN201 - fixture
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One dense-model cache for the whole test session, digits-cnn trained into it once, here, on one thread, before
-    any test can: trained first by a `search.run` subprocess (two threads) its weights came out slightly different,
-    and the runtime tests of tests/test_dynamic.py failed after tests/test_latency_table.py, not alone."""
-    from search.workloads import build_workload
-    path = tmp_path_factory.mktemp("cache")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        build_workload("digits-cnn", seed=0, cache_dir=path, data_dir=None, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
-    return path
+    """One dense-model cache for the whole test session, so digits-cnn trains once."""
+    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="session")
