@@ -117,10 +117,15 @@ class EarlyExitModel(nn.Module):
 
 def exit_index(logits: list[torch.Tensor], thresholds: torch.Tensor) -> torch.Tensor:
     """Per input, the first head whose confidence reaches its threshold (len(thresholds): none did)."""
-    taken = torch.full((logits[0].shape[0],), len(thresholds), dtype=torch.long)
+    return first_confident([head.softmax(1).amax(1) for head in logits[:len(thresholds)]], thresholds)
+
+
+def first_confident(confidence: list[torch.Tensor], thresholds: torch.Tensor) -> torch.Tensor:
+    """Per input, the first head whose confidence (largest softmax probability, one tensor per head) reaches its
+    threshold, len(thresholds) where none did: the exit rule, on confidences computed once (threshold fits)."""
+    taken = torch.full((confidence[0].shape[0],), len(thresholds), dtype=torch.long)
     for index in reversed(range(len(thresholds))):
-        confident = logits[index].softmax(1).amax(1) >= thresholds[index]
-        taken = torch.where(confident, torch.full_like(taken, index), taken)
+        taken = torch.where(confidence[index] >= thresholds[index], torch.full_like(taken, index), taken)
     return taken
 
 

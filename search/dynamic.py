@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dynamic import EarlyExitModel, exit_head, exit_points
-from dynamic.exits import exit_index, taken_logits
+from dynamic.exits import exit_index, first_confident, taken_logits
 from pruners.graph import observe
 from reports.schema import Measured
 from search.config import RunConfig
@@ -266,9 +266,7 @@ def exit_confidences(exits: EarlyExitModel, loader: Batches) -> list[torch.Tenso
 
 def expected_cost(confidence: list[torch.Tensor], costs: list[float], threshold: float) -> float:
     """Mean cost per input when each leaves at the first head whose confidence reaches `threshold`."""
-    taken = torch.full_like(confidence[0], len(confidence), dtype=torch.long)
-    for index in reversed(range(len(confidence))):
-        taken = torch.where(confidence[index] >= threshold, torch.full_like(taken, index), taken)
+    taken = first_confident(confidence, torch.full((len(confidence),), threshold))
     return float(torch.tensor(costs, dtype=torch.float64)[taken].mean())
 
 
