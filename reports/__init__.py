@@ -5,8 +5,9 @@ Pareto front, the pick (min cost with loss <= epsilon within budget), HTML/Markd
 
 from reports.build import write_report
 from reports.records import ReportError, StudyRecords, TrialRecord, load_records
-from reports.selection import pareto_front, select_best
+from reports.selection import pareto_front, select_best, sizes_count
 
 __all__ = [
-    "ReportError", "StudyRecords", "TrialRecord", "load_records", "pareto_front", "select_best", "write_report",
+    "ReportError", "StudyRecords", "TrialRecord", "load_records", "pareto_front", "select_best", "sizes_count",
+    "write_report",
 ]

@@ -12,7 +12,7 @@ from reports.content import ReportInputs, build_sections, report_title
 from reports.html import render_html
 from reports.markdown import PLOTS_DIR, render_markdown
 from reports.records import ReportError, open_study, study_records
-from reports.selection import pareto_front, select_best
+from reports.selection import pareto_front, select_best, sizes_count
 from reports.summary import build_summary, to_json
 from reports.trials_csv import trials_csv
 
@@ -47,7 +47,7 @@ def write_report(run_dir: Path, storage: str | None = None, study_name: str = "s
     study = open_study(storage_for(run_dir, storage), study_name)  # one read serves the records and Optuna's plots
     records = study_records(study)
     info, trials = records.info, records.trials
-    front = pareto_front(trials)
+    front = pareto_front(trials, by_size=sizes_count(info.config))
     best = select_best(trials, info.budget, info.epsilon)
     best_files = write_best(run_dir, best, info.epsilon)
     summary = build_summary(info, trials, front, best)

@@ -19,7 +19,7 @@ from reports.content import Section, Table, none_met_sentence
 from reports.html import render_html
 from reports.plots import HOVER, hover_text
 from reports.records import ReportError, RunInfo, TrialRecord, load_records
-from reports.selection import TOLERANCE, pareto_front, select_best, within_budget
+from reports.selection import TOLERANCE, pareto_front, select_best, sizes_count, within_budget
 
 COLORS = qualitative.Plotly
 SHARED_COLOR = "#555"  # a budget or threshold line that holds for several runs
@@ -57,7 +57,8 @@ def read_run(run_dir: Path, name: str) -> ComparedRun:
         raise ReportError(f"{run_dir} is not a run folder ({error}); pass folders that "
                           "`python -m search.run --out FOLDER` wrote") from error
     info, trials = records.info, records.trials
-    return ComparedRun(name, info, trials, pareto_front(trials), select_best(trials, info.budget, info.epsilon))
+    front = pareto_front(trials, by_size=sizes_count(info.config))
+    return ComparedRun(name, info, trials, front, select_best(trials, info.budget, info.epsilon))
 
 
 def flops_front(trials: list[TrialRecord]) -> list[TrialRecord]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from optuna.trial import TrialState
 
 from pruners import available_methods, get_method
@@ -66,10 +68,14 @@ def is_dynamic(method: str | None) -> bool:
     return method in available_methods() and get_method(method).dynamic
 
 
+def is_quantized(policy: dict | None) -> bool:
+    """The policy quantised the pruned model (search --quantize)."""
+    return (policy or {}).get("quantize", "none") != "none"
+
+
 def model_kind(record: TrialRecord) -> str:
-    """The method, with "+ int8" where the policy quantised the pruned model (search --quantize)."""
-    quantized = (record.policy or {}).get("quantize", "none") != "none"
-    return f"{record.method or MISSING} + int8" if quantized else record.method or MISSING
+    """The method, with "+ int8" where the policy quantised the pruned model."""
+    return f"{record.method or MISSING} + int8" if is_quantized(record.policy) else record.method or MISSING
 
 
 def flops_name(method: str | None) -> str:
@@ -94,3 +100,23 @@ def trial_name(record: TrialRecord) -> str:
     """E.g. "trial 12 (channel, baseline:uniform-50)"."""
     tags = [t for t in (model_kind(record) if record.method else None, record.label) if t and t != "search"]
     return f"trial {record.number}" + (f" ({', '.join(tags)})" if tags else "")
+
+
+@dataclass(frozen=True)
+class FrontPart:
+    """Models of the Pareto front drawn as one trace: a line through them, or markers (int8 apart)."""
+
+    records: list[TrialRecord]
+    name: str
+    int8: bool = False
+    line: bool = True
+
+
+def front_parts(front: list[TrialRecord], by_size: bool) -> list[FrontPart]:
+    """The front as one line, or, where it also weighs bytes (int8 searched: selection.sizes_count), its float and
+    int8 models as markers apart, since that front is no line in cost and accuracy; empty parts left out."""
+    if not by_size:
+        return [FrontPart(front, "Pareto front")] if front else []
+    parts = [FrontPart([t for t in front if not is_quantized(t.policy)], "Pareto front, float", line=False),
+             FrontPart([t for t in front if is_quantized(t.policy)], "Pareto front, int8", int8=True, line=False)]
+    return [part for part in parts if part.records]

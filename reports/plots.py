@@ -8,6 +8,7 @@ from plotly.subplots import make_subplots
 from dynamic.runtime import LOSSES
 from reports import formatting as fmt
 from reports.records import RunInfo, TrialRecord
+from reports.selection import sizes_count
 
 HOVER = "%{text}<extra></extra>"
 
@@ -52,7 +53,9 @@ def cost_accuracy_figure(
          {"color": "#e8a33d", "size": 11, "symbol": "diamond"}, "markers"),
         ([t for t in plotted if not t.is_complete], "stopped early",
          {"color": "#c5cbd3", "size": 7, "symbol": "x"}, "markers"),
-        (front, "Pareto front", {"color": "#d62728", "size": 10}, "lines+markers"),
+        *((part.records, part.name, {"color": "#d62728", "size": 12, "symbol": "diamond"} if part.int8 else
+           {"color": "#d62728", "size": 10}, "lines+markers" if part.line else "markers")
+          for part in fmt.front_parts(front, sizes_count(info.config))),
     ]
     figure = go.Figure()
     for records, name, marker, mode in groups:

@@ -11,7 +11,9 @@ import io
 
 from matplotlib.figure import Figure
 
+from reports.formatting import front_parts
 from reports.records import RunInfo, TrialRecord
+from reports.selection import sizes_count
 
 DPI = 100
 
@@ -29,7 +31,9 @@ def front_png(info: RunInfo, trials: list[TrialRecord], front: list[TrialRecord]
     axes = figure.subplots()
     done = [t for t in trials if t.is_complete and t.cost_ratio is not None and t.accuracy is not None]
     axes.scatter([t.cost_ratio for t in done], [t.accuracy for t in done], s=18, color="#9aa5b1", label="trials")
-    axes.plot([t.cost_ratio for t in front], [t.accuracy for t in front], "o-", color="#d62728", label="Pareto front")
+    for part in front_parts(front, sizes_count(info.config)):
+        axes.plot([t.cost_ratio for t in part.records], [t.accuracy for t in part.records],
+                  ("D" if part.int8 else "o") + ("-" if part.line else ""), color="#d62728", label=part.name)
     if best is not None:
         axes.scatter([best.cost_ratio], [best.accuracy], s=220, marker="*", color="#2ca02c", label="pick", zorder=3)
     axes.axvline(info.budget, linestyle="--", color="#555", label=f"budget {info.budget:g}")

@@ -18,12 +18,18 @@ def _scored(records: Iterable[TrialRecord]) -> list[TrialRecord]:
     return [r for r in records if r.is_complete and r.cost_ratio is not None and r.accuracy is not None]
 
 
-def pareto_front(records: Iterable[TrialRecord]) -> list[TrialRecord]:
-    """Complete trials not dominated in (lower cost_ratio, higher accuracy), sorted by cost_ratio.
+def pareto_front(records: Iterable[TrialRecord], *, by_size: bool = False) -> list[TrialRecord]:
+    """Complete trials not dominated in (lower cost_ratio, higher accuracy), sorted by cost_ratio; with `by_size`
+    (runs that search int8: sizes_count) also in lower size_ratio, so a float model stays beside the smaller int8
+    one that is no cheaper in the run's cost and no more accurate (under FLOPs int8 saves none; under latency it is
+    fast but loses accuracy), and the user sees that trade.
 
-    Trials with identical (cost_ratio, accuracy) do not dominate each other, so all of them stay.
+    Trials with identical (cost_ratio, accuracy[, size_ratio]) do not dominate each other, so all of them stay.
     """
-    ordered = sorted(_scored(records), key=lambda r: (r.cost_ratio, -r.accuracy, r.number))
+    scored = _scored(records)
+    ordered = sorted(scored, key=lambda r: (r.cost_ratio, -r.accuracy, r.number))
+    if by_size:
+        return [r for r in ordered if not any(_dominates(other, r) for other in scored)]
     front: list[TrialRecord] = []
     for record in ordered:
         if not front or record.accuracy > front[-1].accuracy:
@@ -31,6 +37,19 @@ def pareto_front(records: Iterable[TrialRecord]) -> list[TrialRecord]:
         elif (record.cost_ratio, record.accuracy) == (front[-1].cost_ratio, front[-1].accuracy):
             front.append(record)
     return front
+
+
+def _dominates(a: TrialRecord, b: TrialRecord) -> bool:
+    """`a` is no worse than `b` in cost, accuracy and size and better in one (an unknown size counts as the worst)."""
+    inf = float("inf")
+    mine = (a.cost_ratio, -a.accuracy, a.size_ratio if a.size_ratio is not None else inf)
+    theirs = (b.cost_ratio, -b.accuracy, b.size_ratio if b.size_ratio is not None else inf)
+    return all(x <= y for x, y in zip(mine, theirs)) and mine != theirs
+
+
+def sizes_count(config: dict) -> bool:
+    """Whether a run's front also weighs bytes (pareto_front's by_size): it searched int8 (--quantize)."""
+    return bool(config.get("quantize"))
 
 
 def within_budget(record: TrialRecord, budget: float) -> bool:

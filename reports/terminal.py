@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from reports.formatting import is_dynamic, is_masked
+from reports.formatting import is_dynamic, is_masked, is_quantized
 from reports.selection import TOLERANCE
 
 SLOW_RATIO = 0.95  # a pick at or above this latency ratio is not measurably faster than dense
@@ -83,7 +83,7 @@ def summary_lines(pareto: dict[str, Any], report_path: str) -> list[str]:
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     if best is not None:
         flops = "nonzero FLOPs" if best.get("nonzero_flops") is not None else "FLOPs"
-        int8 = " + int8" if (best.get("policy") or {}).get("quantize", "none") != "none" else ""
+        int8 = " + int8" if is_quantized(best.get("policy")) else ""
         lines.insert(1, f"Pick: trial {best['trial']} ({best['method']}{int8}, {best['label']}), "
                         f"cost ratio {best['cost_ratio']:.3f} "
                         f"({pareto['cost_metric']}), {flops} ratio {best['flops_ratio']:.3f}, latency ratio "

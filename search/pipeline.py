@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import optuna
 import torch
 
-from reports import ReportError, pareto_front, write_report
+from reports import ReportError, pareto_front, sizes_count, write_report
 from reports.records import load_records
 from reports.terminal import summary_lines
 from search.baselines import enqueue_baselines
@@ -172,7 +172,8 @@ def finish(study: optuna.Study, ctx: TrialContext, show: bool = True, finalists:
     with target_connection(ctx.config):
         if finalists != 0:
             final_step(study, "final fine-tune", finetune_finalists, study, ctx, finalists, most_accurate)
-        front = pareto_front(load_records(storage_url(ctx.run_dir)).trials)
+        records = load_records(storage_url(ctx.run_dir))
+        front = pareto_front(records.trials, by_size=sizes_count(records.info.config))
         final_step(study, "test accuracy", evaluate_front_on_test, study, front, ctx)
         final_step(study, "latency at both batch sizes", time_both_batches, study, front, ctx)
         final_step(study, "re-measured latency", remeasure_pick, study, ctx)

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,33 @@ def test_pareto_front_drops_dominated_keeps_exact_ties_sorted_by_cost() -> None:
     assert pareto_front([]) == []
 
 
+def test_where_int8_was_searched_the_front_keeps_a_float_model_beside_the_smaller_int8_one() -> None:
+    """In cost and accuracy alone the float model hides its int8 twin (same FLOPs, a little less accurate); weighing
+    bytes too, both stay, and only models no better in any of the three drop out."""
+    float_model = replace(record(0, 0.5, 0.910), size_ratio=0.55)
+    int8_twin = replace(record(1, 0.5, 0.905), size_ratio=0.16)
+    dearer_float = replace(record(2, 0.6, 0.900), size_ratio=0.60)  # no better than 0 in anything
+    bigger_int8 = replace(record(3, 0.5, 0.900), size_ratio=0.20)  # no better than 1 in anything
+    unsized = record(4, 0.5, 0.905)  # no size recorded: the worst size
+    records = [float_model, int8_twin, dearer_float, bigger_int8, unsized]
+    assert [r.number for r in pareto_front(records)] == [0]
+    assert [r.number for r in pareto_front(records, by_size=True)] == [0, 1]
+    assert [r.number for r in pareto_front([float_model, replace(int8_twin, accuracy=0.92)], by_size=True)] == [1]
+
+
+def test_a_quantize_runs_report_puts_float_and_int8_models_on_its_front(tmp_path: Path) -> None:
+    trials = [{**complete_attrs(tmp_path, number, "channel", accuracy, 0.5 if number < 2 else 0.3, 0.5),
+               "size_ratio": size} for number, accuracy, size in [(0, 0.915, 0.5), (1, 0.912, 0.15), (2, 0.9, 0.3)]]
+    trials[1]["policy"] = {**trials[1]["policy"], "quantize": "int8"}
+    make_study(tmp_path, trials, config={"quantize": True})
+    pareto = write_report(tmp_path)
+    assert [(m["trial"], m["policy"].get("quantize", "none")) for m in pareto["pareto"]] == [
+        (2, "none"), (0, "none"), (1, "int8")]
+    assert "Pareto front, int8" in (tmp_path / "report.html").read_text()
+    make_study(tmp_path / "float", [{**t, "model_path": None} for t in trials])  # the same trials, int8 not searched
+    assert [m["trial"] for m in write_report(tmp_path / "float")["pareto"]] == [2, 0]
+
+
 def test_select_best_respects_epsilon_and_budget() -> None:
     budget, epsilon = 0.5, 0.01
     over_epsilon = record(0, 0.2, 0.90)
@@ -97,8 +125,8 @@ def complete_attrs(run_dir: Path, number: int, method: str, accuracy: float, flo
     return attrs
 
 
-def make_study(run_dir: Path, trials: list[dict], epsilon: float = 0.01) -> None:
-    """A real SQLite study in run_dir/study.db shaped like the one search/ writes."""
+def make_study(run_dir: Path, trials: list[dict], epsilon: float = 0.01, config: dict | None = None) -> None:
+    """A real SQLite study in run_dir/study.db shaped like the one search/ writes (`config`: more run options)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(study_name="search", storage=f"sqlite:///{run_dir / 'study.db'}",
                                 directions=["minimize", "minimize"])
@@ -106,7 +134,8 @@ def make_study(run_dir: Path, trials: list[dict], epsilon: float = 0.01) -> None
         "workload": "digits-cnn", "cost_metric": "flops", "budget": 0.5, "epsilon": epsilon,
         "input_shape": [1, 1, 8, 8], "dense": DENSE,
         "latency_setup": {"device": "cpu", "threads": 2, "batch_size": 1},
-        "config": {"workload": "digits-cnn", "budget": 0.5, "epsilon": epsilon, "trials": len(trials)},
+        "config": {"workload": "digits-cnn", "budget": 0.5, "epsilon": epsilon, "trials": len(trials),
+                   **(config or {})},
         "space": {"methods": ["channel", "magnitude"], "sparsity": [0.0, 0.9]},
     }
     for key, value in study_attrs.items():
