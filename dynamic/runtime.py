@@ -122,7 +122,8 @@ class DynamicRuntime:
         self.windows: list[Window] = []
         self.loss = loss
         self._answers: dict[int, int] = {}  # input number -> class answered, until its label arrives
-        self._checked: dict[int, tuple[int, int, float]] = {}  # checked input -> (model, dense answers, chance)
+        self._checked: dict[int, tuple[int, int, float, float]] = {}  # checked input -> (model, dense answers,
+        # its chance of a check, the chance every input had then)
         self._apply()
 
     def _thresholds(self, scale: float) -> torch.Tensor:
@@ -192,7 +193,8 @@ class DynamicRuntime:
             window.fallbacks += 1
         self.alarm *= ALARM_DECAY
         unsure = 1.0 - float(logits.softmax(1).max())
-        chance = min(1.0, self.sample_rate + self.alarm + UNSURE * unsure)
+        uniform = min(1.0, self.sample_rate + self.alarm)  # the chance every input had, unsure or not
+        chance = min(1.0, uniform + UNSURE * unsure)
         if self.random.random() < chance:
             if reference is None:
                 reference = self.dense(x)
@@ -201,25 +203,31 @@ class DynamicRuntime:
             answer, dense_answer = int(logits.argmax(1).item()), int(reference.argmax(1).item())
             window.disagreements += int(answer != dense_answer)
             if self.loss == "disagreement":
-                self._learn(window, float(answer != dense_answer), chance)
+                self._learn(window, float(answer != dense_answer), chance, uniform)
             else:
-                self._checked[self.seen] = (answer, dense_answer, chance)
+                self._checked[self.seen] = (answer, dense_answer, chance, uniform)
             logits = reference
         window.scale = self.scale
         self._answers[self.seen] = int(logits.argmax(1).item())
         self.seen += 1
         return logits
 
-    def _learn(self, window: Window, loss: float, chance: float) -> None:
+    def _learn(self, window: Window, loss: float, chance: float, uniform: float) -> None:
         """One loss sample from a check (1: the model's answer lost against dense; 0: it did not; -1, under the
-        accuracy loss: it was right where dense was wrong) moves the scale, and a loss raises the alarm."""
+        accuracy loss: it was right where dense was wrong) moves the scale, and a loss raises the alarm.
+
+        The check had `chance`, of which `uniform` every input had (sample_rate and the alarm) and the rest was for an
+        unsure answer. A sample counts in proportion to how often plain sampling would have drawn it: a loss-free one
+        by sample_rate / chance (extra checks must not speed the climb), a loss by uniform / chance. Losses found by
+        the alarm's checks count in full, so a shift tightens fast; losses found by the unsure answers' checks do not,
+        since unsure answers are where the losses are: counting those in full made the runtime see several times the
+        loss there was and pay for dense answers a clean stream did not need."""
         window.loss_samples += 1
         window.loss_total += loss
         if loss > 0:
             self.alarm = min(1.0 - self.sample_rate, self.alarm + ALARM)
-        step = self.gain * (self.target - loss)
-        if loss <= 0:  # checks beyond sample_rate (unsure, alarm) must not speed the climb: weigh them down
-            step *= self.sample_rate / chance
+        weight = (uniform if loss > 0 else self.sample_rate) / chance
+        step = self.gain * (self.target - loss) * weight
         self.scale = max(ALL_TO_DENSE, min(self.max_scale, self.scale * math.exp(step)))
         self._apply()
 
@@ -234,8 +242,8 @@ class DynamicRuntime:
         window.errors += int(answer != label)
         checked = self._checked.pop(number, None)
         if checked is not None:
-            model_answer, dense_answer, chance = checked
-            self._learn(window, float(int(model_answer != label) - int(dense_answer != label)), chance)
+            model_answer, dense_answer, chance, uniform = checked
+            self._learn(window, float(int(model_answer != label) - int(dense_answer != label)), chance, uniform)
 
     def log(self) -> list[dict]:
         """Per window: inputs, mean cost, checks, disagreement, loss learnt, errors against labels, exits taken,

@@ -137,7 +137,7 @@ def test_under_the_accuracy_loss_the_runtime_holds_the_accuracy_lost_from_labels
     """loss="accuracy": each checked input's label, once it arrives, says whether the model's answer lost accuracy
     against dense's. The backbone alone loses more than epsilon on the noisy part; the runtime holds it (at about
     half of it on this stream)."""
-    epsilon, warmup, window = 0.01, 200, 1000
+    epsilon, warmup, window = 0.005, 200, 1000
     costs = exit_costs(pruned_exits, digits.example_inputs)
     dense_cost = count_flops(digits.model, digits.example_inputs)
     stream = noisy_stream(digits.test, 4000, clean=2000, noise=1.0, seed=0)
