@@ -165,16 +165,18 @@ def _raylet_children(nodes: TwoNodes) -> dict[int, str]:
 
 def _wait_for_a_trial_running_on_the_worker(out: Path, nodes: TwoNodes, process: subprocess.Popen,
                                             timeout: float = 180) -> dict[int, float]:
-    """Wait until a trial has finished and a trial actor lives on the worker node (Ray's process title; Tune ends a
-    trial's actor with its trial); returns the finished trials' accuracies. Its title reads `.train` only while a
-    call is in flight: a CI run polled the whole search without once seeing it."""
+    """Wait until a trial has finished and a trial actor on the worker node is working (Ray's process title names
+    the actor; Tune ends it with its trial, but between calls it idles, and a node lost then fails no trial: it burns
+    CPU only while a trial runs in it); returns the finished trials' accuracies. The title's `.train` suffix is no
+    sign of a call in flight: a CI run polled the whole search without once seeing it."""
     deadline = time.monotonic() + timeout
     seen = set()
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
-        titles = _raylet_children(nodes).values()
-        seen.update(titles)
-        if not any(title.startswith("ray::ImplicitFunc") for title in titles):
+        children = _raylet_children(nodes)
+        seen.update(children.values())
+        actors = [pid for pid, title in children.items() if title.startswith("ray::ImplicitFunc")]
+        if not actors or not _working(actors):
             continue
         try:
             kept = accuracies(out)
@@ -184,6 +186,20 @@ def _wait_for_a_trial_running_on_the_worker(out: Path, nodes: TwoNodes, process:
             return kept
     raise AssertionError(f"no trial ran on the worker node after one had finished (exit {process.poll()}); "
                          f"process titles seen there: {sorted(seen)}")
+
+
+def _working(pids: list[int], span: float = 0.3) -> bool:
+    """Whether one of the processes used at least a third of a core over `span` seconds (from /proc's CPU times)."""
+    def cpu_seconds(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0  # ended meanwhile
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    time.sleep(span)
+    return any(cpu_seconds(pid) - used >= span / 3 for pid, used in before.items())
 
 
 def _lose_node(nodes: TwoNodes) -> None:
