@@ -31,14 +31,11 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One dense-model cache for the whole test session, so digits-cnn trains once, on one thread whichever test
     comes first: trained on two (a session fixture is set up before the module's one_thread), the weights differed
     by test order, and the runtime tests passed or failed with them."""
+    from search.measure.latency import num_threads
     from search.workloads import build_workload
     cache = tmp_path_factory.mktemp("cache")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with num_threads(1):
         build_workload("digits-cnn", seed=0, cache_dir=cache, data_dir=None, device="cpu")
-    finally:
-        torch.set_num_threads(threads)
     return cache
 
 
