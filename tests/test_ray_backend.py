@@ -143,8 +143,7 @@ def test_killing_the_worker_node_mid_search_keeps_every_finished_trial(nodes: Tw
     points = [json.dumps(t.params, sort_keys=True) for t in finished]
     assert len(finished) == 6 and len(set(points)) == 6  # the search completed, and no point finished twice
     assert {n: a for n, a in accuracies(out).items() if n in kept} == kept  # finished trials kept as they were
-    if not list((out / "ray").glob("*/trial-*/error.txt")):  # Tune saw no trial's worker die
-        pytest.xfail("the node was lost while its trial actor sat between calls: no trial was in flight to fail")
+    assert list((out / "ray").glob("*/trial-*/error.txt")), "Tune saw no trial's worker die"
     for trial in study.trials:  # a lost trial that Tune gave up on was queued again and finished as a new trial
         assert trial.state in FINISHED or (trial.user_attrs["failure"] == INTERRUPTED
                                            and json.dumps(trial.params, sort_keys=True) in points)
