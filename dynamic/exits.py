@@ -23,22 +23,39 @@ class _Exit(Exception):
         self.index = index
 
 
-def exit_head(channels: int, num_classes: int) -> nn.Module:
-    """A head for a feature map of `channels`: one strided 3x3 convolution (batch-normed), pooled to 2x2 (some layout
-    survives), then a linear classifier. On Fashion-MNIST a pooled-and-MLP head after ResNet-20's first stage stayed
-    unconfident (thresholds fitted to half the FLOPs fell to 0.42, accuracy to 70%); the convolution costs under 2% of
-    the network there."""
-    return nn.Sequential(nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(channels),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(4 * channels, num_classes))
+HEAD_LAYOUT = "pool-conv"  # the layout exit_head builds; "conv-pool" only rebuilds heads saved before it
+
+
+def exit_head(channels: int, num_classes: int, layout: str = HEAD_LAYOUT) -> nn.Module:
+    """A head for a feature map of `channels`. "pool-conv": pooled to 4x4, one 3x3 convolution of stride 2 widening
+    to 2 x `channels` (batch-normed, 2x2 out), flattened into a linear classifier. "conv-pool", the earlier layout:
+    the strided convolution on the full map, keeping `channels`, then pooled to 2x2.
+
+    Pooling first costs the same batch-1 time (36-50 us a head on fashion-resnet20) and exits far more inputs at the
+    same accuracy: there, heads after the first two stages of the dense backbone, trained alike, at a shared
+    threshold fitted to 0.6 of the backbone's FLOPs, keep 92.56% of validation accuracy against 90.28% (backbone
+    92.74%), the first head alone 83.9% against 74.2%. (A pooled linear or MLP head without the convolution is 2-3x
+    faster but keeps 91.4-91.8%; an MLP on globally pooled features stayed unconfident.)"""
+    if layout == "pool-conv":
+        return nn.Sequential(nn.AdaptiveAvgPool2d(4),
+                             nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1, bias=False),
+                             nn.BatchNorm2d(2 * channels), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(8 * channels, num_classes))
+    if layout == "conv-pool":
+        return nn.Sequential(nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False),
+                             nn.BatchNorm2d(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                             nn.Linear(4 * channels, num_classes))
+    raise ValueError(f"head layout {layout!r} is unknown: use 'pool-conv' or 'conv-pool'")
 
 
 class EarlyExitModel(nn.Module):
     """`backbone` with heads after the modules named in `exits` (in forward order) and one confidence threshold per
     head: an input exits at the first head whose largest softmax probability reaches its threshold, else it gets the
-    backbone's own output. Thresholds of NEVER give exactly the backbone."""
+    backbone's own output. Thresholds of NEVER give exactly the backbone. `head_layout` names exit_head's layout of
+    the heads, so that a saved model's heads are rebuilt as they were."""
 
     def __init__(self, backbone: nn.Module, exits: list[str], heads: list[nn.Module],
-                 thresholds: list[float] | None = None) -> None:
+                 thresholds: list[float] | None = None, head_layout: str = HEAD_LAYOUT) -> None:
         super().__init__()
         if len(exits) != len(heads):
             raise ValueError(f"{len(exits)} exits but {len(heads)} heads: give one head per exit")
@@ -50,6 +67,7 @@ class EarlyExitModel(nn.Module):
         self.exits = list(exits)
         self._points = tuple(modules[name] for name in exits)  # looked up once: every batch-1 call hooks them
         self.heads = nn.ModuleList(heads)
+        self.head_layout = head_layout
         self.register_buffer("thresholds", torch.tensor(thresholds or [NEVER] * len(exits), dtype=torch.float32))
         self.forced_exit: int | None = None  # take every input at this head (cost counting); None: by confidence
 

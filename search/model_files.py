@@ -28,7 +28,8 @@ from search.quantize import Int8Model, quantized_like
 
 FORMAT = "prune-search-weights/2"  # /2: masked weights packed as nonzeros + bitmask (search.packed)
 READABLE_FORMATS = ("prune-search-weights/1", FORMAT)
-EXITS_FORMAT = "prune-search-exits/1"
+EXITS_FORMAT = "prune-search-exits/2"  # /2: heads pool first (dynamic.exits.exit_head's layout saved)
+EXITS_FORMATS_LAYOUTS = {"prune-search-exits/1": "conv-pool"}  # what an older exits file's heads were
 INT8_FORMAT = "prune-search-int8/1"
 # The module attributes that hold a pruned shape; torch-pruning updates these when it removes channels or heads.
 SHAPE_ATTRS = ("in_channels", "out_channels", "groups", "in_features", "out_features", "num_features",
@@ -64,6 +65,7 @@ def exits_of(model: EarlyExitModel) -> dict[str, Any]:
     first = [next(m for m in head.modules() if isinstance(m, nn.Conv2d)) for head in model.heads]
     last = [[m for m in head.modules() if isinstance(m, nn.Linear)][-1] for head in model.heads]
     return {"format": EXITS_FORMAT, "exits": list(model.exits), "channels": [f.in_channels for f in first],
+            "layout": model.head_layout,
             "classes": last[0].out_features, "thresholds": model.thresholds.tolist(),
             "state_dict": {key: value.detach().cpu() for key, value in model.heads.state_dict().items()}}
 
@@ -90,7 +92,7 @@ def load_pruned(run_dir: Path, model_path: str, dense: nn.Module) -> nn.Module:
     backbone = rebuild(dense, _read(path, *READABLE_FORMATS))
     exits = confined_path(run_dir, str(exits_path(model_path)))
     if exits.is_file():
-        return with_exits(backbone, _read(exits, EXITS_FORMAT))
+        return with_exits(backbone, _read(exits, EXITS_FORMAT, *EXITS_FORMATS_LAYOUTS))
     int8 = confined_path(run_dir, str(int8_path(model_path)))
     return with_int8(backbone, _read(int8, INT8_FORMAT)) if int8.is_file() else backbone
 
@@ -107,8 +109,10 @@ def with_int8(model: nn.Module, saved: dict[str, Any]) -> Int8Model:
 def with_exits(backbone: nn.Module, saved: dict[str, Any]) -> EarlyExitModel:
     """`backbone` with the heads of an exits file (exits_of's dict); ModelFileError where they do not fit it."""
     try:
-        heads = [exit_head(int(c), int(saved["classes"])) for c in saved["channels"]]
-        model = EarlyExitModel(backbone, list(saved["exits"]), heads, [float(t) for t in saved["thresholds"]])
+        layout = EXITS_FORMATS_LAYOUTS.get(saved["format"]) or str(saved["layout"])
+        heads = [exit_head(int(c), int(saved["classes"]), layout) for c in saved["channels"]]
+        model = EarlyExitModel(backbone, list(saved["exits"]), heads, [float(t) for t in saved["thresholds"]],
+                               head_layout=layout)
         model.heads.load_state_dict(saved["state_dict"], strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"the exits file does not fit the model: {str(error).splitlines()[0]}") from None

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import ast
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 
+from dynamic import EarlyExitModel, exit_head
 from pruners import bake, prune
 from reports import ReportError, load_records
 from reports.__main__ import main as reports_main
-from search.model_files import ModelFileError, load_pruned, save_pruned
+from search.model_files import ModelFileError, exits_path, load_pruned, save_pruned
 from search.workloads.models import resnet20
 from tests.conftest import ROOT
 from tests.test_reports import complete_attrs, make_study
@@ -33,6 +35,27 @@ def test_a_pruned_model_reloads_from_its_weights_with_the_same_outputs(method: s
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in pruned.parameters())
     assert any(p.shape != q.shape for p, q in zip(dense.parameters(), loaded.parameters())) == (method == "channel")
     assert all(p.shape == q.shape for p, q in zip(dense.parameters(), resnet20().parameters()))  # dense untouched
+
+
+@pytest.mark.parametrize("layout", ["pool-conv", "conv-pool"])
+def test_a_dynamic_model_reloads_with_its_heads_as_they_were_built(layout: str, tmp_path: Path) -> None:
+    """Heads of today's layout reload from the exits file; an exits file of format /1, written before heads pooled
+    first, still rebuilds its conv-pool heads (a run folder of an earlier version stays readable)."""
+    torch.manual_seed(0)
+    dense = resnet20().eval()
+    inputs = torch.randn(8, 1, 28, 28)
+    heads = [exit_head(16, 10, layout), exit_head(32, 10, layout)]
+    model = EarlyExitModel(copy.deepcopy(dense), ["layer1", "layer2"], heads, [0.3, 0.4], head_layout=layout).eval()
+    save_pruned(model, tmp_path / "best/model.pt")
+    if layout == "conv-pool":
+        saved = torch.load(exits_path(tmp_path / "best/model.pt"), weights_only=True)
+        del saved["layout"]
+        torch.save({**saved, "format": "prune-search-exits/1"}, exits_path(tmp_path / "best/model.pt"))
+    loaded = load_pruned(tmp_path, "best/model.pt", dense)
+    assert isinstance(loaded, EarlyExitModel) and loaded.head_layout == layout
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs), model(inputs))
+        assert all(torch.equal(a, b) for a, b in zip(loaded.exit_logits(inputs), model.exit_logits(inputs)))
 
 
 def test_weights_that_do_not_fit_the_dense_model_are_refused(tmp_path: Path) -> None:
