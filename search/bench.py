@@ -288,6 +288,8 @@ def dynamic_verdict(row: dict[str, dict | None]) -> str:
 def compared(row: dict[str, dict | None], arm: str, against: tuple[str, ...]) -> str:
     """`arm` against the best of `against` within budget, by mean test accuracy: a win or a loss only beyond the two
     arms' spreads added (their standard deviations over the seeds), else a tie."""
+    if arm not in row or not any(name in row for name in against):
+        return f"Verdict: {arm} against {', '.join(against)}: not benchmarked here (add them to --arms)."
     own = row.get(arm)
     others = [(name, row[name]) for name in against if row.get(name) and not row[name]["over_budget"]]
     if own is None or own["over_budget"] or not others:

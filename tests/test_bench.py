@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from reports import TrialRecord, load_records
-from search.bench import _screening, arm_candidate, own_trials
+from search.bench import _screening, arm_candidate, own_trials, verdict
 from search.promotion import PROMOTION_ATTR, promotion_candidates
 from search.study import storage_url
 from tests.conftest import ROOT, reachable_latency_budget
@@ -82,3 +82,12 @@ def test_an_arm_with_no_trial_within_budget_takes_its_cheapest_marked_over() -> 
     assert arm_candidate(trials, 0.8).number == 0
     assert arm_candidate(own_trials(trials), 0.8).number == 2
     assert arm_candidate(own_trials(trials), 0.95).number == 1
+
+
+def test_a_verdict_against_arms_left_out_of_the_run_says_so() -> None:
+    """`--arms search,search_own,dynamic` runs no baseline: the verdict says they were not benchmarked, not that no
+    model of theirs was within budget; a baseline that ran and missed the budget still reads as before."""
+    ran = {"search_own": {"over_budget": False, "test_accuracy_mean": 0.9, "test_accuracy_sd": 0.001,
+                          "final_finetunes": 3}}
+    assert "not benchmarked here" in verdict(ran)
+    assert "no model within budget" in verdict({**ran, "tp_global": None})

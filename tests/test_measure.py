@@ -239,6 +239,19 @@ def test_an_early_exit_model_folds_its_heads_too_and_takes_the_same_exits() -> N
         torch.testing.assert_close(timed_logits, logits, atol=1e-4, rtol=1e-4)
 
 
+def test_an_early_exit_model_that_takes_its_one_example_at_the_first_head_is_folded_whole() -> None:
+    """Timed from one example input, a dynamic model whose first head takes it ran only the first stage; its later
+    batch norms must be folded all the same, since a batch (or another input) runs them."""
+    backbone = _with_trained_norms(resnet20())
+    model = _with_trained_norms(EarlyExitModel(backbone, ["layer1", "layer2"], [exit_head(16, 10), exit_head(32, 10)],
+                                               [0.0, 0.0]))
+    inputs = torch.randn(4, 1, 28, 28)
+    timed = timed_copy(model, inputs[:1])
+    assert _norms(timed) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(timed.exit_logits(inputs), model.eval().exit_logits(inputs), atol=1e-4, rtol=1e-4)
+
+
 def test_interleaving_holds_the_ratio_when_the_machine_is_busy() -> None:
     """A busy process beside a one-thread timing takes a core and the caches; the interleaved ratio stays. (With every
     core taken the ratio drifts: measured here, 0.39 idle against 0.19-0.31 with two spinners on two cores. Never time
