@@ -169,7 +169,8 @@ def evaluate_dynamic(exits: EarlyExitModel, loader: Batches, costs: list[int],
 def make_dynamic(backbone: nn.Module, workload: Workload, policy: Policy, config: RunConfig, *,
                  epochs: float) -> EarlyExitModel:
     """`backbone` (pruned by a dynamic policy and recovered) with the policy's `exits` heads trained `epochs` (at least
-    MIN_HEAD_STEPS steps) by distillation from the dense model, their shared threshold fitted on the validation split
+    MIN_HEAD_STEPS steps) by distillation from the dense model, then swapped for their exact faster form
+    (EarlyExitModel.run_heads_as_linear), their shared threshold fitted on the validation split
     so the expected cost is at or under the policy's `exit_target` of dense, in the run's cost metric (FLOPs, or
     batch-1 latency, then checked on the stream: fit_measured_latency; search.config refuses --cost params with
     dynamic methods), as high as that allows."""
@@ -177,7 +178,7 @@ def make_dynamic(backbone: nn.Module, workload: Workload, policy: Policy, config
     steps = len(workload.train)  # type: ignore[arg-type]
     train_heads(model, workload.train, epochs=max(epochs, MIN_HEAD_STEPS / max(steps, 1)), lr=policy.finetune_lr,
                 teacher=workload.model, device=config.device, distill=max(policy.distill, 0.5),
-                temperature=policy.distill_temperature)
+                temperature=policy.distill_temperature).run_heads_as_linear()
     costs = exit_cost_ratios(model, workload, config.cost, device=config.device, threads=config.threads)
     confidence = exit_confidences(model, workload.val)
     target = float(policy.options["exit_target"])

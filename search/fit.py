@@ -38,7 +38,7 @@ def fit_to_target(dense: nn.Module, example_inputs: torch.Tensor, space: SearchS
         model = prune(dense, example_inputs, **policy.prune_kwargs(), **extra)
         return FittedModel(model, policy, measure_ratio(model))
 
-    if get_method(params["method"]).knob == "pattern":
+    if get_method(params["method"]).knob == "pattern" or not space.thins_channels(params):
         return attempt(0.0)
     level = space.initial_level(params, target)
     first = attempt(level)

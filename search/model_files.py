@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from dynamic import EarlyExitModel, exit_head
+from dynamic.exits import head_channels
 from reports.atomic import write_bytes
 from reports.run_files import ReportError, confined_path, exits_path, int8_path, weights_path
 from search.packed import pack_state, unpack_state
@@ -28,7 +29,7 @@ from search.quantize import Int8Model, quantized_like
 
 FORMAT = "prune-search-weights/2"  # /2: masked weights packed as nonzeros + bitmask (search.packed)
 READABLE_FORMATS = ("prune-search-weights/1", FORMAT)
-EXITS_FORMAT = "prune-search-exits/2"  # /2: heads pool first (dynamic.exits.exit_head's layout saved)
+EXITS_FORMAT = "prune-search-exits/2"  # /2: the heads' layout saved (dynamic.exits.exit_head: pool first, or linear)
 EXITS_FORMATS_LAYOUTS = {"prune-search-exits/1": "conv-pool"}  # what an older exits file's heads were
 INT8_FORMAT = "prune-search-int8/1"
 # The module attributes that hold a pruned shape; torch-pruning updates these when it removes channels or heads.
@@ -62,9 +63,8 @@ def save_pruned(model: nn.Module, path: Path, input_shape: tuple[int, ...] | Non
 
 def exits_of(model: EarlyExitModel) -> dict[str, Any]:
     """What rebuilds a dynamic model's heads on its backbone: exit points, head widths, classes, thresholds, tensors."""
-    first = [next(m for m in head.modules() if isinstance(m, nn.Conv2d)) for head in model.heads]
     last = [[m for m in head.modules() if isinstance(m, nn.Linear)][-1] for head in model.heads]
-    return {"format": EXITS_FORMAT, "exits": list(model.exits), "channels": [f.in_channels for f in first],
+    return {"format": EXITS_FORMAT, "exits": list(model.exits), "channels": [head_channels(h) for h in model.heads],
             "layout": model.head_layout,
             "classes": last[0].out_features, "thresholds": model.thresholds.tolist(),
             "state_dict": {key: value.detach().cpu() for key, value in model.heads.state_dict().items()}}

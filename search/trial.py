@@ -101,7 +101,8 @@ def evaluate_point(ctx: TrialContext, params: dict[str, Any], number: int, label
                            fitting_ratio(workload, dense, config, ctx.latency_table), label, extra)
     model, policy = fitted.model, fitted.policy
     fit_seconds = time.perf_counter() - started
-    over_budget = fitted.ratio > ctx.space.backbone_target(params, config.budget)
+    # a backbone that only loses blocks has no level to fit: its exits make whatever cut the blocks leave
+    over_budget = ctx.space.thins_channels(params) and fitted.ratio > ctx.space.backbone_target(params, config.budget)
     dynamic = get_method(policy.method).dynamic
     # screened at the cost it will have: a dynamic backbone's accuracy bounds the model its exits make, and an int8
     # point costs its float model's ratio times the run's int8 factor

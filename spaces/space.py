@@ -31,6 +31,8 @@ DISTILL = (0.0, 0.5, 0.9)  # weight of distillation from the dense model in the 
 DISTILL_TEMPERATURE = (2.0, 4.0, 8.0)  # softening of both models' outputs in the distillation term (where it is on)
 MAX_EXITS = 3  # dynamic: early exits offered, at most (spread over the network's stage outputs)
 EXIT_SHARE = (0.2, 1.0)  # dynamic: the exits' share of the cost cut, in log space (1: the backbone stays whole)
+THIN = (True, False)  # dynamic, with removable blocks: whether channels are pruned besides blocks (False: the exits
+# make the rest of the cut; at batch 1 a thinned layer's time falls about linearly with its width, FLOPs as its square)
 # What each knob of describe() without a "meaning" of its own does; the report's searched-space table reads them.
 KNOB_MEANINGS = {
     "methods": "pruning methods a trial chooses among (pruners.registry)",
@@ -128,6 +130,10 @@ class SearchSpace:
             params["pattern"] = trial.suggest_categorical("pattern", self.nm_patterns())
             return params
         params["target"] = trial.suggest_float("target", *self.target_range())
+        if traits.dynamic and self.blocks and "blocks" in traits.options:
+            params["thin"] = trial.suggest_categorical("thin", list(THIN))
+        if not self.thins_channels(params):
+            return self._suggest_exits(trial, params)  # its exit share alone sets how many blocks go (removed_blocks)
         if len(traits.searched_criteria) > 1:
             params["criterion"] = trial.suggest_categorical("criterion", list(traits.searched_criteria))
         if "round_to" in traits.options:
@@ -139,8 +145,7 @@ class SearchSpace:
         if "reconstruct" in traits.options:
             params["reconstruct"] = trial.suggest_categorical("reconstruct", [False, True])
         if traits.dynamic:
-            params["exits"] = trial.suggest_categorical("exits", list(self.exit_choices))
-            params["exit_share"] = trial.suggest_float("exit_share", *EXIT_SHARE)
+            self._suggest_exits(trial, params)
         if traits.knob == "per_group" and params.get("ranking", "per_group") == "per_group":
             params["allocation"] = trial.suggest_categorical("allocation", self.allocations())
             if params["allocation"] == "sensitivity":
@@ -152,6 +157,18 @@ class SearchSpace:
                 for group in self.groups:
                     params[f"a:{group.name}"] = trial.suggest_float(f"a:{group.name}", *FREE_WEIGHT)
         return params
+
+    def _suggest_exits(self, trial: Suggester, params: dict[str, Any]) -> dict[str, Any]:
+        """A dynamic point's exits: how many, and their share of the cost cut."""
+        params["exits"] = trial.suggest_categorical("exits", list(self.exit_choices))
+        params["exit_share"] = trial.suggest_float("exit_share", *EXIT_SHARE)
+        return params
+
+    @staticmethod
+    def thins_channels(params: dict[str, Any]) -> bool:
+        """Whether the point prunes channels to its target: all but a dynamic point that only removes blocks (`thin`
+        False), whose backbone keeps its widths and whose exits make the rest of the cut."""
+        return bool(params.get("thin", True))
 
     def backbone_target(self, params: dict[str, Any], target: float) -> float:
         """The cost ratio the pruned float model is fitted to: `target` itself; for an int8 point target over
@@ -207,6 +224,8 @@ class SearchSpace:
         if traits.dynamic:
             options["exits"] = int(params["exits"])
             options["exit_target"] = round(float(params.get("target", self.budget)), 6)
+        if not self.thins_channels(params):
+            return Policy(method, criterion, 0.0, options, **recipe)
         if traits.knob == "scalar" or params.get("ranking") == "global":
             if params.get("ranking") == "global":
                 options["global_pruning"] = True
@@ -218,12 +237,13 @@ class SearchSpace:
     def removed_blocks(self, params: dict[str, Any]) -> int:
         """Blocks a point removes: its `depth` share of the most that removal alone could take off before the cost
         falls under the point's target (each block costing block_share, rounded to the nearest whole block), so depth
-        never overshoots the target by more than half a block."""
-        if not params.get("depth") or not self.block_share:
+        never overshoots the target by more than half a block. A point that thins no channels removes that most."""
+        depth = float(params.get("depth", 0.0 if self.thins_channels(params) else 1.0))
+        if not depth or not self.block_share:
             return 0
         target = self.backbone_target(params, params.get("target", self.budget))
         most = min(self.blocks, round((1.0 - target) / self.block_share))
-        return min(most, int(params["depth"] * (most + 1)))
+        return min(most, int(depth * (most + 1)))
 
     def group_ratios(self, params: dict[str, Any], level: float) -> dict[str, float]:
         """Scale the sampled allocation so the top-allocated group is at `level`, each group capped at MAX_SPARSITY."""
@@ -290,8 +310,10 @@ class SearchSpace:
                                  "lost first) before channels are pruned"},
             "nm_patterns": self.nm_patterns() if any(get_method(m).knob == "pattern" for m in self.methods) else [],
             "exits": {"choices": list(self.exit_choices), "share": list(EXIT_SHARE),
+                      "thin": list(THIN) if self.blocks else [True],
                       "meaning": "dynamic: early-exit heads after stage outputs; the backbone is pruned to target ** "
-                                 "(1 - share) and the heads' thresholds fitted so the expected cost is the target"},
+                                 "(1 - share) (thin False: by removing blocks only, its channels kept) and the heads' "
+                                 "thresholds fitted so the expected cost is the target"},
             "lr_scale": [0.3, 3.0], "base_lr": self.base_lr, "distill": list(DISTILL),
             "distill_temperature": list(DISTILL_TEMPERATURE),
             "quantize": {"choices": list(QUANTIZATIONS) if self.quantize else [QUANTIZATIONS[0]],

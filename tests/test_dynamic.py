@@ -2,6 +2,7 @@
 relax, and a stream that turns noisy stays within its loss budget."""
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -42,6 +43,22 @@ def test_one_input_at_a_time_exits_where_the_batch_decision_says(exits: EarlyExi
         batch = exits(inputs[:40])
         alone = torch.cat([exits.forward_with_exit(inputs[i:i + 1])[0] for i in range(40)])
     assert torch.allclose(batch, alone, atol=1e-5)
+
+
+def test_trained_heads_run_as_linear_layers_with_the_same_logits_and_exits(exits: EarlyExitModel,
+                                                                          digits: Workload) -> None:
+    """A head's convolution reads a fixed 4x4 map, so with its norm it is one linear layer: same logits, same exits."""
+    inputs, _ = next(iter(digits.val))
+    linear = copy.deepcopy(exits)
+    linear.thresholds.fill_(0.9)
+    exits.thresholds.fill_(0.9)
+    assert linear.run_heads_as_linear().head_layout == "pool-linear"
+    assert not any(isinstance(m, (nn.Conv2d, nn.BatchNorm2d)) for m in linear.heads.modules())
+    with torch.no_grad():
+        for own, swapped in zip(exits.exit_logits(inputs), linear.exit_logits(inputs)):
+            assert torch.allclose(own, swapped, atol=1e-5)
+        assert [exits.forward_with_exit(inputs[i:i + 1])[1] for i in range(40)] == [
+            linear.forward_with_exit(inputs[i:i + 1])[1] for i in range(40)]
 
 
 def test_costs_rise_along_the_exits_and_fall_as_thresholds_relax(exits: EarlyExitModel, digits: Workload) -> None:

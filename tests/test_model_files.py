@@ -37,10 +37,11 @@ def test_a_pruned_model_reloads_from_its_weights_with_the_same_outputs(method: s
     assert all(p.shape == q.shape for p, q in zip(dense.parameters(), resnet20().parameters()))  # dense untouched
 
 
-@pytest.mark.parametrize("layout", ["pool-conv", "conv-pool"])
+@pytest.mark.parametrize("layout", ["pool-conv", "pool-linear", "conv-pool"])
 def test_a_dynamic_model_reloads_with_its_heads_as_they_were_built(layout: str, tmp_path: Path) -> None:
-    """Heads of today's layout reload from the exits file; an exits file of format /1, written before heads pooled
-    first, still rebuilds its conv-pool heads (a run folder of an earlier version stays readable)."""
+    """Heads of today's layouts (as trained, and as they run) reload from the exits file; an exits file of format
+    /1, written before heads pooled first, still rebuilds its conv-pool heads (a run folder of an earlier version stays
+    readable)."""
     torch.manual_seed(0)
     dense = resnet20().eval()
     inputs = torch.randn(8, 1, 28, 28)

@@ -122,3 +122,27 @@ def test_distillation_temperature_is_searched_only_where_distillation_is_on(resn
         if params["distill"] > 0:
             seen.add(policy.distill_temperature)
     assert len(seen) >= 2  # the temperature really varies
+
+
+def test_a_dynamic_point_that_thins_no_channels_only_removes_blocks() -> None:
+    """`thin` False: the backbone keeps every width and loses the blocks its share of the cut allows; its exits make
+    the rest (search.dynamic), so the fit takes that backbone as it is, whatever its ratio."""
+    from search.fit import fit_to_target
+    model, x = resnet20().eval(), torch.randn(1, 1, 28, 28)
+    dense = count_flops(model, x)
+    space = SearchSpace.build(model, x, layer_flops(model, x), dense, ("dynamic",), 0.5, 0.01)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    points = [space.suggest(study.ask()) for _ in range(20)]
+    assert {p["thin"] for p in points} == {True, False}
+    whole = [p for p in points if not p["thin"]]
+    assert all("criterion" not in p and "allocation" not in p and "depth" not in p for p in whole)
+    params = {"method": "dynamic", "lr_scale": 1.0, "distill": 0.0, "target": 0.5, "thin": False, "exits": 2,
+              "exit_share": 0.5}
+    blocks = space.removed_blocks(params)
+    assert blocks == round((1 - 0.5 ** 0.5) / space.block_share) >= 1
+    fitted = fit_to_target(model, x, space, params, space.backbone_target(params, 0.5),
+                           lambda m: count_flops(m, x) / dense)
+    assert fitted.policy.sparsity == 0.0 and fitted.policy.options["blocks"] == blocks
+    widths = {n: m.out_channels for n, m in fitted.model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    assert widths and all(widths[n] == m.out_channels for n, m in model.named_modules() if n in widths)
+    assert fitted.ratio == pytest.approx(1 - blocks * space.block_share, abs=0.02)
