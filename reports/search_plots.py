@@ -10,7 +10,6 @@ from collections.abc import Callable
 
 import optuna
 import plotly.graph_objects as go
-from optuna.importance import FanovaImportanceEvaluator
 from optuna.trial import FrozenTrial
 from scipy.stats import spearmanr
 
@@ -54,6 +53,8 @@ def history_figures(study: optuna.Study) -> list[go.Figure]:
 def importance_figures(study: optuna.Study) -> tuple[list[go.Figure], str | None]:
     """Hyper-parameter importances (fANOVA, seeded so a report rebuilds the same) for each objective, over the knobs
     every complete trial has; no figures and the reason where Optuna cannot compute them."""
+    from optuna.importance import FanovaImportanceEvaluator  # it loads sklearn.ensemble: here, not at every start
+
     figures = []
     for name, index in OBJECTIVES:
         evaluator = FanovaImportanceEvaluator(n_trees=IMPORTANCE_TREES, seed=0)

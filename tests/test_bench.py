@@ -1,5 +1,5 @@
-"""The benchmark on digits-cnn writes bench.json and bench.md: every arm at a FLOPs budget and a latency budget (the
-dynamic arm there too), the same final stage for each; and its screening statistic."""
+"""The benchmark on digits-cnn writes bench.json and bench.md: every arm at a FLOPs budget and (PRUNE_SLOW=1) at a
+latency budget, the dynamic arm there too, the same final stage for each; and its screening statistic."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from reports import TrialRecord, load_records
@@ -19,47 +20,70 @@ from search.study import storage_url
 from tests.conftest import ROOT, reachable_latency_budget
 
 ARMS = {"search", "search_own", "search_all", "random_search", "uniform_l1", "tp_global", "uniform_magnitude"}
-LATENCY_ARMS = {"search", "search_own", "uniform_l1", "tp_global", "dynamic"}  # dynamic: asked for by --arms
+LATENCY_ARMS = {"search", "search_own", "uniform_l1", "tp_global", "dynamic"}
 ROW_KEYS = {"accuracy", "test_accuracy", "flops_ratio", "latency_ratio", "seconds", "test_accuracy_runs",
             "test_accuracy_mean", "test_accuracy_sd", "final_finetunes", "over_budget"}
 SEEDS = 2
 
 
-def test_bench_on_digits_gives_every_arm_the_same_final_stage(cache_dir: Path, digits, tmp_path: Path) -> None:
-    out = tmp_path / "bench"
-    latency_budget = reachable_latency_budget(digits, cache_dir)
-    result = subprocess.run([sys.executable, "-m", "search.bench", "--workload", "digits-cnn",
-                             "--budgets", "0.5", "--latency-budgets", f"{latency_budget:g}", "--seeds", str(SEEDS),
-                             "--arms", ",".join(ARMS | {"dynamic"}),
-                             "--trials", "5", "--threads", "1", "--out", str(out)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=900, env={**os.environ, "PRUNE_SEARCH_CACHE": str(cache_dir)})
+def run_bench(cache_dir: Path, out: Path, budgets: list[str], arms: set[str]) -> dict:
+    """`python -m search.bench` on digits-cnn at BUDGETS (its flags) with a short recipe; bench.json."""
+    result = subprocess.run([sys.executable, "-m", "search.bench", "--workload", "digits-cnn", *budgets,
+                             "--seeds", str(SEEDS), "--arms", ",".join(arms), "--trials", "5", "--threads", "1",
+                             "--finetune-epochs", "0.5", "--final-epochs", "0.5", "--promote", "2",
+                             "--promote-epochs", "0.25", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=900, env={**os.environ, "PRUNE_SEARCH_CACHE": str(cache_dir)})
     assert result.returncode == 0, result.stderr[-3000:]
     bench = json.loads((out / "bench.json").read_text())
-    assert set(bench["budgets"]) == {"0.5", f"latency-{latency_budget:g}"} and bench["seeds"] == SEEDS
-    for budget, row in bench["budgets"].items():
-        assert set(row) == (LATENCY_ARMS if budget.startswith("latency") else ARMS)
-        for arm, r in row.items():
-            assert r is not None and ROW_KEYS <= set(r), (budget, arm)
-            assert r["final_finetunes"] == SEEDS and len(r["test_accuracy_runs"]) == SEEDS, (budget, arm)
-            assert r["test_accuracy_mean"] == statistics.fmean(r["test_accuracy_runs"])
-            limit = float(budget.removeprefix("latency-"))
-            assert r["over_budget"] == (r["cost_ratio"] > limit + 1e-9)
-            if arm != "uniform_magnitude" and not budget.startswith("latency"):
-                assert not r["over_budget"] and r["flops_ratio"] <= limit + 1e-9, (budget, arm)
-        assert row["search_own"]["label"] == "search"  # its own trials only: never a warm start
-        storage = storage_url(out / budget / "search")
-        promoted = optuna.load_study(study_name="search", storage=storage).user_attrs.get(PROMOTION_ATTR, {})
-        # successive halving ran before the final stage wherever two trials were within budget: always at a FLOPs
-        # budget (the fitted baselines are); at a latency one, measured times can put all but one over it
-        fitting = promotion_candidates(load_records(storage, final=False).trials, limit, 2)
-        assert len(fitting) == 2 or budget.startswith("latency"), budget
-        assert len(promoted) >= len(fitting) if len(fitting) == 2 else not promoted, budget
+    assert bench["seeds"] == SEEDS
+    return bench
+
+
+def check_budget(bench: dict, out: Path, budget: str, arms: set[str]) -> None:
+    """Every arm of BUDGET got SEEDS final fine-tunes, its mean and over-budget mark agree with its runs, and the
+    search's arms went through successive halving wherever two trials fitted the budget."""
+    row = bench["budgets"][budget]
+    assert set(row) == arms
+    limit = float(budget.removeprefix("latency-"))
+    for arm, r in row.items():
+        assert r is not None and ROW_KEYS <= set(r), (budget, arm)
+        assert r["final_finetunes"] == SEEDS and len(r["test_accuracy_runs"]) == SEEDS, (budget, arm)
+        assert r["test_accuracy_mean"] == statistics.fmean(r["test_accuracy_runs"])
+        assert r["over_budget"] == (r["cost_ratio"] > limit + 1e-9)
+        if arm != "uniform_magnitude" and not budget.startswith("latency"):
+            assert not r["over_budget"] and r["flops_ratio"] <= limit + 1e-9, (budget, arm)
+    assert row["search_own"]["label"] == "search"  # its own trials only: never a warm start
+    storage = storage_url(out / budget / "search")
+    promoted = optuna.load_study(study_name="search", storage=storage).user_attrs.get(PROMOTION_ATTR, {})
+    # successive halving ran before the final stage wherever two trials were within budget: always at a FLOPs
+    # budget (the fitted baselines are); at a latency one, measured times can put all but one over it
+    fitting = promotion_candidates(load_records(storage, final=False).trials, limit, 2)
+    assert len(fitting) == 2 or budget.startswith("latency"), budget
+    assert len(promoted) >= len(fitting) if len(fitting) == 2 else not promoted, budget
+
+
+def test_bench_on_digits_gives_every_arm_the_same_final_stage(cache_dir: Path, digits, tmp_path: Path) -> None:
+    bench = run_bench(cache_dir, tmp_path / "bench", ["--budgets", "0.5"], ARMS)
+    assert set(bench["budgets"]) == {"0.5"}
+    check_budget(bench, tmp_path / "bench", "0.5", ARMS)
     screening = bench["screening"]
     assert screening["pairs"] >= 3 and screening["seconds_per_candidate"] > 0
     assert screening["spearman"] is not None and -1 <= screening["spearman"] <= 1
-    markdown = (out / "bench.md").read_text()
-    assert "## Budget 0.5" in markdown and "Verdict: search_own" in markdown and "Verdict: dynamic" in markdown
-    assert bench["budgets"][f"latency-{latency_budget:g}"]["dynamic"]["method"] == "dynamic"  # a model with early exits
+    markdown = (tmp_path / "bench" / "bench.md").read_text()
+    assert "## Budget 0.5" in markdown and "Verdict: search_own" in markdown
+
+
+@pytest.mark.slow(reason="a benchmark at a latency budget, the dynamic arm's search with it, about a minute")
+def test_bench_at_a_latency_budget_fits_every_arm_to_it_and_runs_the_dynamic_arm(cache_dir: Path, digits,
+                                                                                  tmp_path: Path) -> None:
+    latency_budget = reachable_latency_budget(digits, cache_dir)
+    budget = f"latency-{latency_budget:g}"
+    bench = run_bench(cache_dir, tmp_path / "bench", ["--budgets", "", "--latency-budgets", f"{latency_budget:g}"],
+                      LATENCY_ARMS)
+    assert set(bench["budgets"]) == {budget}
+    check_budget(bench, tmp_path / "bench", budget, LATENCY_ARMS)
+    assert "Verdict: dynamic" in (tmp_path / "bench" / "bench.md").read_text()
+    assert bench["budgets"][budget]["dynamic"]["method"] == "dynamic"  # a model with early exits
 
 
 def test_screening_rank_correlation_uses_the_fine_tuned_accuracy() -> None:

@@ -4,7 +4,6 @@ models of a --quantize run as onnxruntime int8 and as a state_dict."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -142,9 +141,7 @@ def check_int8_exports(int8_run: Path, workload: Workload, tmp_path: Path) -> No
             assert torch.equal(loaded(inputs), expected)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("PRUNE_SLOW") != "1", reason="set PRUNE_SLOW=1: MobileNetV3-small trains and "
-                    "searches twice, about 3 minutes")
+@pytest.mark.slow(reason="MobileNetV3-small trains and searches twice, about 3 minutes")
 def test_a_torchvision_models_pareto_models_export_float_and_int8(tmp_path: Path) -> None:
     """MobileNetV3-small (tests.user_workloads, as a user passes it with --workload module:function): every Pareto
     model of a float run in the three formats, and every int8 one of a --quantize run as ONNX int8 and state_dict."""

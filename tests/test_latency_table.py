@@ -112,7 +112,7 @@ def test_latency_cost_run_on_digits_ends_with_a_pick_within_budget_or_says_why(c
                                                                               tmp_path: Path) -> None:
     out, budget = tmp_path / "run", reachable_latency_budget(digits, cache_dir)
     result = run_cli(["--workload", "digits-cnn", "--cost", "latency", "--budget", f"{budget:g}", "--trials", "6",
-                      "--finetune-epochs", "2", "--threads", "1", "--out", str(out)], cache_dir)
+                      "--finetune-epochs", "0.5", "--threads", "1", "--out", str(out)], cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     pareto = json.loads((out / "pareto.json").read_text())
     assert pareto["cost_metric"] == "latency"

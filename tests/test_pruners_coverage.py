@@ -6,7 +6,6 @@ Every model listed in COVERAGE.md is expected to fail (strict xfail, with its re
 from __future__ import annotations
 
 import io
-import os
 import re
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from pruners import prune
 COVERAGE = Path(__file__).resolve().parents[1] / "pruners" / "COVERAGE.md"
 FAST_PARAMS = 3_000_000
 SIZES = (64, 96, 224, 299)
-SLOW = os.environ.get("PRUNE_SLOW") == "1"
 
 
 def expected_failures() -> dict[str, str]:
@@ -42,7 +40,7 @@ def cases() -> list:
     for name in torchvision.models.list_models(module=torchvision.models):
         marks = []
         if num_params(name) >= FAST_PARAMS:
-            marks += [pytest.mark.slow, pytest.mark.skipif(not SLOW, reason="set PRUNE_SLOW=1 for the whole list")]
+            marks.append(pytest.mark.slow(reason="the whole list"))
         if name in failing:
             marks.append(pytest.mark.xfail(reason=failing[name], strict=True))
         params.append(pytest.param(name, marks=marks, id=name))

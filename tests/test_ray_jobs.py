@@ -120,6 +120,7 @@ def target_node_id(cluster: Cluster) -> str:
     return node["node_id"]
 
 
+@pytest.mark.slow(reason="a two-node cluster started with `ray start`, about 20 s")
 def test_the_cluster_refuses_a_request_without_its_token(cluster: Cluster) -> None:
     """Token authentication is really on, so the search below shows the commands work under it."""
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -127,6 +128,7 @@ def test_the_cluster_refuses_a_request_without_its_token(cluster: Cluster) -> No
     assert refused.value.code == 401
 
 
+@pytest.mark.slow(reason="a search submitted with `ray job submit`, about 2 minutes")
 def test_a_search_submitted_with_ray_job_submit_runs_to_the_end(cluster: Cluster, cache_dir: Path, digits,
                                                                  tmp_path: Path) -> None:
     out = tmp_path / "run"  # absolute, as the README asks: the job's driver does not run in this folder

@@ -161,6 +161,7 @@ def mobilenet() -> Workload:
                           data_dir=None, device="cpu")
 
 
+@pytest.mark.slow(reason="MobileNetV3-small trains, about 20 s")
 def test_taylor_ranks_with_a_dataloader_batch_on_a_torchvision_model(mobilenet: Workload) -> None:
     extra = calibration_options(mobilenet, "channel", "taylor", {})
     assert isinstance(extra["calibration"], list)  # a DataLoader batch, as the user's loader yields it
@@ -169,6 +170,7 @@ def test_taylor_ranks_with_a_dataloader_batch_on_a_torchvision_model(mobilenet: 
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in mobilenet.model.parameters())
 
 
+@pytest.mark.slow(reason="MobileNetV3-small trains and searches, about 2.5 minutes")
 def test_a_user_workload_with_dataloaders_and_a_torchvision_model_searches(mobilenet: Workload, run_main,
                                                                           tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -25,7 +25,7 @@ TOP_EXTRA_KEYS = {"final_stage_errors"}  # extensions the README lists
 MODEL_KEYS = {"trial", "method", "accuracy", "test_accuracy", "flops", "params", "latency_ms", "cost_ratio", "policy"}
 RUN_FILES = ("report.html", "report.md", "trials.csv", "pareto.json", "best/model.pt", "best/model.weights.pt",
              "best/policy.json", "study.db")
-FAST = ["--workload", "digits-cnn", "--budget", "0.5", "--threads", "1", "--finetune-epochs", "2"]
+FAST = ["--workload", "digits-cnn", "--budget", "0.5", "--threads", "1", "--finetune-epochs", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -138,11 +138,11 @@ def test_kill_9_mid_run_then_resume_keeps_finished_trials(cache_dir: Path, digit
     # screening stops within a second can end between the last look and the kill (a CI run's case)
     cut = {t.number for t in at_kill if t.state == TrialState.RUNNING}
     assert len(kept) >= 2
-    result = run_cli([*FAST, "--trials", "12", "--out", str(out)], cache_dir)
+    result = run_cli([*FAST, "--trials", "8", "--out", str(out)], cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     trials = optuna.load_study(study_name="search", storage=storage).trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) + sum(t.state == TrialState.PRUNED for t in trials) == 12  # stopped by screening or not
+    assert len(complete) + sum(t.state == TrialState.PRUNED for t in trials) == 8  # stopped by screening or not
     assert {n: a for n, a in ((t.number, t.user_attrs["accuracy"]) for t in complete) if n in kept} == kept
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
     assert {t.number for t in interrupted} == cut and all("interrupted" in t.user_attrs["failure"] for t in interrupted)
@@ -150,9 +150,12 @@ def test_kill_9_mid_run_then_resume_keeps_finished_trials(cache_dir: Path, digit
     assert all(t.params in finished_points for t in interrupted)  # each ran again to its end
 
 
+@pytest.mark.slow(reason="a search with a final stage of two finalists, run twice, about 40 s; the default final "
+                        "stage runs in every other search of this module")
 def test_final_epochs_fine_tunes_the_pareto_models_within_budget(cache_dir: Path, digits, tmp_path: Path) -> None:
     out = tmp_path / "final"
-    result = run_cli([*FAST, "--trials", "6", "--final-epochs", "2", "--finalists", "2", "--out", str(out)], cache_dir)
+    final_stage = [*FAST, "--trials", "4", "--final-epochs", "2", "--finalists", "2", "--out", str(out)]
+    result = run_cli(final_stage, cache_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}")
     finals = study.user_attrs["final"]
@@ -175,7 +178,7 @@ def test_final_epochs_fine_tunes_the_pareto_models_within_budget(cache_dir: Path
     model = torch.load(out / "best" / "model.pt", weights_only=False)
     assert evaluate(model, digits.val) == pytest.approx(best["accuracy"], abs=1e-9)
     assert count_flops(model, digits.example_inputs) / pareto["dense"]["flops"] == pytest.approx(best["flops_ratio"])
-    again = run_cli([*FAST, "--trials", "6", "--final-epochs", "2", "--finalists", "2", "--out", str(out)], cache_dir)
+    again = run_cli(final_stage, cache_dir)
     assert again.returncode == 0 and "final fine-tune" not in again.stderr  # nothing left to fine-tune on resume
 
 

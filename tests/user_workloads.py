@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -62,6 +61,8 @@ def untrained() -> Workload:
 
 
 def _mobilenet() -> nn.Module:
+    import torchvision  # here: the other workloads of this module start without its seconds of imports
+
     return torchvision.models.mobilenet_v3_small(weights=None, num_classes=10, width_mult=0.5)
 
 
