@@ -29,7 +29,7 @@ SEEDS = 2
 def run_bench(cache_dir: Path, out: Path, budgets: list[str], arms: set[str]) -> dict:
     """`python -m search.bench` on digits-cnn at BUDGETS (its flags) with a short recipe; bench.json."""
     result = subprocess.run([sys.executable, "-m", "search.bench", "--workload", "digits-cnn", *budgets,
-                             "--seeds", str(SEEDS), "--arms", ",".join(arms), "--trials", "5", "--threads", "1",
+                             "--seeds", str(SEEDS), "--arms", ",".join(arms), "--trials", "3", "--threads", "1",
                              "--finetune-epochs", "0.5", "--final-epochs", "0.5", "--promote", "2",
                              "--promote-epochs", "0.25", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                             timeout=900, env={**os.environ, "PRUNE_SEARCH_CACHE": str(cache_dir)})
