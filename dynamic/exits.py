@@ -38,8 +38,8 @@ def exit_head(channels: int, num_classes: int, layout: str = HEAD_LAYOUT) -> nn.
     faster but keeps 91.4-91.8%; an MLP on globally pooled features stayed unconfident.) "pool-linear": a trained
     "pool-conv" head as it runs (as_linear_head): its convolution and norm as one linear layer."""
     if layout == "pool-linear":
-        return nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * channels, 8 * channels), nn.ReLU(),
-                             nn.Linear(8 * channels, num_classes))
+        return PoolLinearHead(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(16 * channels, 8 * channels),
+                              nn.ReLU(), nn.Linear(8 * channels, num_classes))
     if layout == "pool-conv":
         return nn.Sequential(nn.AdaptiveAvgPool2d(4),
                              nn.Conv2d(channels, 2 * channels, 3, stride=2, padding=1, bias=False),
@@ -50,6 +50,18 @@ def exit_head(channels: int, num_classes: int, layout: str = HEAD_LAYOUT) -> nn.
                              nn.BatchNorm2d(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
                              nn.Linear(4 * channels, num_classes))
     raise ValueError(f"head layout {layout!r} is unknown: use 'pool-conv', 'pool-linear' or 'conv-pool'")
+
+
+class PoolLinearHead(nn.Sequential):
+    """The "pool-linear" head (pool, flatten, linear, ReLU, linear), run as one call of functional operators: at
+    batch 1 the Sequential's dispatch of five modules costs about as much as their arithmetic (fashion-resnet20: 12
+    against 22 us a head). Its layers and saved keys are the Sequential's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, last = self[2], self[4]
+        pooled = nn.functional.adaptive_avg_pool2d(x, 4).flatten(1)
+        return nn.functional.linear(nn.functional.linear(pooled, first.weight, first.bias).relu_(), last.weight,
+                                    last.bias)
 
 
 def head_channels(head: nn.Module) -> int:
@@ -80,7 +92,7 @@ def as_linear_head(head: nn.Module) -> nn.Module:
     linear = nn.Linear(inputs, matrix.shape[0]).to(weight)
     linear.weight.copy_(matrix * scale.repeat_interleave(positions)[:, None])
     linear.bias.copy_((norm.bias + (conv_bias - norm.running_mean) * scale).repeat_interleave(positions))
-    return nn.Sequential(pool, flatten, linear, relu, classifier).eval()
+    return PoolLinearHead(pool, flatten, linear, relu, classifier).eval()
 
 
 class EarlyExitModel(nn.Module):
