@@ -11,6 +11,9 @@ from collections.abc import Iterable
 from reports.records import TrialRecord
 
 TOLERANCE = 1e-9
+COST_TIE = 0.005  # cost ratios this close are one cost to the pick: points fitted to one target land within it of
+# each other (a dynamic model's threshold, refitted after its final fine-tune, moves its cost by about 1e-4), so the
+# more accurate of them is the pick rather than whichever landed a few hundred FLOPs lower
 
 
 def _scored(records: Iterable[TrialRecord]) -> list[TrialRecord]:
@@ -71,11 +74,14 @@ def _accuracy_or_worst(record: TrialRecord) -> float:
 
 
 def select_best(records: Iterable[TrialRecord], budget: float, epsilon: float) -> TrialRecord | None:
-    """The feasible trial of least cost ratio (ties: higher accuracy, then lower number); None if none."""
+    """The feasible trial of least cost ratio, where costs within COST_TIE of the least count as equal (among them:
+    higher accuracy, then lower cost, then lower number); None if none."""
     feasible = [r for r in records if is_feasible(r, budget, epsilon)]
     if not feasible:
         return None
-    return min(feasible, key=lambda r: (r.cost_ratio, -_accuracy_or_worst(r), r.number))
+    least = min(r.cost_ratio for r in feasible)
+    tied = [r for r in feasible if r.cost_ratio <= least + COST_TIE]
+    return min(tied, key=lambda r: (-_accuracy_or_worst(r), r.cost_ratio, r.number))
 
 
 def closest_to_epsilon(records: Iterable[TrialRecord], budget: float) -> TrialRecord | None:

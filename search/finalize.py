@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from pruners import bake, get_method, prune
-from reports import TrialRecord, pareto_front
+from reports import TrialRecord, pareto_front, select_best
 from reports.records import FINAL_ATTR, load_records
 from reports.schema import Measured
-from reports.selection import TOLERANCE, is_feasible
+from reports.selection import TOLERANCE
 from search.config import RunConfig
 from search.dynamic import make_dynamic
 from search.measure.latency_table import LatencyTable
@@ -120,11 +120,11 @@ def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None
             _finetuned(study, ctx, record)
         return
     ordered = sorted(candidates, key=lambda r: (r.cost_ratio, -(r.accuracy or 0.0)))
-    feasible_now = [i for i, r in enumerate(ordered) if is_feasible(r, config.budget, config.epsilon)]
+    pick_now = select_best(ordered, config.budget, config.epsilon)
     stored = study.user_attrs.get(FINAL_ATTR) or {}
     spent = sum((stored.get(str(r.number)) or {}).get("epochs") == epochs for r in ordered)  # a rerun adds none
     low, high = 0, len(ordered) - 1
-    index = feasible_now[0] if feasible_now else high
+    index = ordered.index(pick_now) if pick_now is not None else high
     while low <= high:
         entry, ran = _finetuned(study, ctx, ordered[index], allowed=spent < limit)
         spent += ran
