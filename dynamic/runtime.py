@@ -18,8 +18,8 @@ than softmax confidence, since a confidently wrong backbone saturates the confid
 budget holds on any stream, at a cost up to backbone + dense on the hardest inputs.
 
 Before a stream, `calibrate(validation batches)` sets the starting scale to the loosest at which the runtime, checks
-aside, disagrees with dense on at most `target` of them; otherwise the stream starts at `scale` and pays for the
-guess over its first windows while the checks find the level.
+aside, loses at most `target` on them in its own loss (disagreement, or accuracy lost against dense on their labels);
+otherwise the stream starts at `scale` and pays for the guess over its first windows while the checks find the level.
 
 Checks are drawn at `sample_rate`, more often for unsure answers (UNSURE) and for a while after a loss (ALARM): a
 shift in the stream shows in the checks within tens of inputs rather than hundreds, and each extra check answers
@@ -135,17 +135,26 @@ class DynamicRuntime:
 
     @torch.inference_mode()
     def calibrate(self, batches: Iterable) -> float:
-        """Start from the scale at which the runtime, checks aside, would disagree with dense on at most `target` of
-        `batches` (validation inputs, or (inputs, labels) pairs): the largest scale on a log grid below which every
-        scale does too. A stream then starts within budget instead of at a guess (a pick whose backbone alone already
-        lost about epsilon broke it over its first windows) and the checks loosen it from there. Returns the scale."""
-        parts, dense_parts = [], []
+        """Start from the scale at which the runtime, checks aside, would lose at most `target` on `batches`
+        (validation inputs, or (inputs, labels) pairs) in its own loss: disagreement with dense, or, under the
+        accuracy loss, accuracy lost against dense on the labels (which the batches must then carry): the largest
+        scale on a log grid below which every scale does too. A stream then starts within budget instead of at a
+        guess (a pick whose backbone alone already lost about epsilon broke it over its first windows) and the checks
+        loosen it from there. Returns the scale."""
+        parts, dense_parts, label_parts = [], [], []
         for batch in batches:
-            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            labelled = isinstance(batch, (tuple, list))
+            inputs = batch[0] if labelled else batch
             parts.append(self.model.exit_logits(inputs))
             dense_parts.append(self.dense(inputs).argmax(1))
+            if labelled:
+                label_parts.append(batch[1])
+        if self.loss == "accuracy" and len(label_parts) != len(parts):
+            raise ValueError("calibrate under the accuracy loss needs (inputs, labels) batches: give the labels, or "
+                             "use loss='disagreement'")
         logits = [torch.cat(chunk) for chunk in zip(*parts)]
         dense = torch.cat(dense_parts)
+        labels = torch.cat(label_parts) if self.loss == "accuracy" else None
         top = logits[-1].topk(2, dim=1).values
         margins = top[:, 0] - top[:, 1]
         low, high = math.log(ALL_TO_DENSE), math.log(self.max_scale)
@@ -156,7 +165,8 @@ class DynamicRuntime:
             answers = taken_logits(logits, taken).argmax(1)
             falls_back = (taken == len(self.model.exits)) & (margins < fallback_margin(scale))
             answers = torch.where(falls_back, dense, answers)
-            if float((answers != dense).float().mean()) > self.target:
+            lost = (answers != dense) if labels is None else (answers != labels).float() - (dense != labels).float()
+            if float(lost.float().mean()) > self.target:
                 break
             chosen = scale
         self.scale = chosen

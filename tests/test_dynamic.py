@@ -149,6 +149,29 @@ def test_calibrated_on_validation_the_runtime_starts_within_budget(pruned_exits:
     assert all(served(seed, calibrated=True) <= epsilon for seed in range(3))
 
 
+def test_under_the_accuracy_loss_calibration_holds_accuracy_not_agreement(pruned_exits: EarlyExitModel,
+                                                                          digits: Workload) -> None:
+    """Calibrated under the accuracy loss, the runtime starts at the loosest scale whose accuracy lost against dense
+    is within its target, not where it would disagree with dense that often (runs/dyn-fl0.5-head: calibrated on
+    disagreement, the heads started off and the clean part cost more than the backbone alone). The labels here are
+    ones dense always misses (its answer plus one), so no answer can lose accuracy against dense at any scale while
+    the exits disagree with dense more than the target; without labels it says what it needs."""
+    epsilon = 0.02
+    costs = exit_costs(pruned_exits, digits.example_inputs)
+    dense_cost = count_flops(digits.model, digits.example_inputs)
+
+    def runtime(loss: str) -> DynamicRuntime:
+        return DynamicRuntime(pruned_exits, digits.model, epsilon, exit_costs=costs, dense_cost=dense_cost,
+                              base_thresholds=[0.5, 0.5], loss=loss)
+    inputs = torch.cat([x for x, _ in digits.val])
+    with torch.no_grad():
+        batches = [(inputs, (digits.model(inputs).argmax(1) + 1) % 10)]
+    agreeing, accurate = runtime("disagreement"), runtime("accuracy")
+    assert agreeing.calibrate(batches) < 0.5 < accurate.calibrate(batches) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="needs \\(inputs, labels\\) batches"):
+        runtime("accuracy").calibrate([inputs])
+
+
 def test_under_the_accuracy_loss_the_runtime_holds_the_accuracy_lost_from_labels(
         pruned_exits: EarlyExitModel, digits: Workload) -> None:
     """loss="accuracy": each checked input's label, once it arrives, says whether the model's answer lost accuracy
