@@ -3,6 +3,7 @@ by a latency-cost search (fitting, unreachable masked methods, the pick's re-mea
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -129,18 +130,37 @@ def test_latency_cost_run_on_digits_ends_with_a_pick_within_budget_or_says_why(c
     assert best["latency_ratio_p10"] <= best["latency_ratio_p90"]  # re-measured after the search
 
 
+LATENCY_SEARCH = ["--workload", "digits-cnn", "--cost", "latency", "--budget", "1.0", "--trials", "4",
+                  "--finetune-epochs", "0.5", "--final-epochs", "0", "--threads", "1", "--epsilon", "0.5",
+                  "--batch-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def latency_search(digits, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run folder of one 4-trial latency search on digits, its final stage not run: the re-measure tests each
+    resume a copy of it. At batch 64 every pruned digits model is clearly faster than dense, so the search leaves
+    several feasible models (at batch 1 the tiny network's timings straddle 1.0)."""
+    from search.pipeline import prepare, run_backend
+    out = tmp_path_factory.mktemp("latency-search") / "run"
+    run_backend(*prepare(parse_config([*LATENCY_SEARCH, "--out", str(out)]), digits))
+    return out
+
+
+def resumed_copy(latency_search: Path, digits, tmp_path: Path):  # noqa: ANN201 - (Study, TrialContext)
+    """The shared search's study and context, resumed from a copy in tmp_path that the test may change."""
+    from search.pipeline import prepare
+    out = tmp_path / "run"
+    shutil.copytree(latency_search, out)
+    return prepare(parse_config([*LATENCY_SEARCH, "--out", str(out)]), digits)
+
+
 def test_the_pick_is_re_measured_even_when_a_re_timing_hands_the_pick_to_another_model(
-        digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        latency_search: Path, digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every re-timing comes out above every feasible model's search timing, within the budget: the pick moves to the
     next model each time, and the pick left at the end was re-timed itself (runs/q3 ended with a pick that never
     was)."""
     from search import latency_checks
-    from search.pipeline import prepare, run_backend
-    config = parse_config(["--workload", "digits-cnn", "--cost", "latency", "--budget", "1.0", "--trials", "4",
-                           "--finetune-epochs", "0.5", "--final-epochs", "0", "--threads", "1", "--epsilon", "0.5",
-                           "--batch-size", "64", "--out", str(tmp_path / "run")])
-    study, ctx = prepare(config, digits)
-    run_backend(study, ctx)
+    study, ctx = resumed_copy(latency_search, digits, tmp_path)
     feasible = [r for r in load_records(storage_url(ctx.run_dir)).trials if r.is_complete and r.accuracy_loss <= 0.5]
     assert len(feasible) >= 2
     # a budget over every search timing (tiny models at batch 64 sometimes time over dense), and re-timings between
@@ -153,19 +173,13 @@ def test_the_pick_is_re_measured_even_when_a_re_timing_hands_the_pick_to_another
     assert best.latency_ratio_p10 is not None and best.latency_ratio == ratio
 
 
-def test_a_pick_left_unmeasured_after_every_remeasure_missed_is_an_error(digits, tmp_path: Path,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_pick_left_unmeasured_after_every_remeasure_missed_is_an_error(
+        latency_search: Path, digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every re-measured pick misses the budget (timings stubbed at 5x dense: the noisy machine the CI met): the pick
-    left must not pass as re-measured; the final stage records why. At batch 64 every pruned digits model is clearly
-    faster than dense, so the search leaves several feasible models (at batch 1 the tiny network's timings straddle
-    1.0, and a run with one feasible model had nothing left to refuse)."""
+    left must not pass as re-measured; the final stage records why (a run with one feasible model had nothing left
+    to refuse)."""
     from search import latency_checks
-    from search.pipeline import prepare, run_backend
-    config = parse_config(["--workload", "digits-cnn", "--cost", "latency", "--budget", "1.0", "--trials", "4",
-                           "--finetune-epochs", "0.5", "--final-epochs", "0", "--threads", "1", "--epsilon", "0.5",
-                           "--batch-size", "64", "--out", str(tmp_path / "run")])
-    study, ctx = prepare(config, digits)
-    run_backend(study, ctx)
+    study, ctx = resumed_copy(latency_search, digits, tmp_path)
     feasible = [r for r in load_records(storage_url(ctx.run_dir)).trials if r.is_complete and r.accuracy_loss <= 0.5]
     assert len(feasible) >= 2
     # a budget over every search timing, so a refused pick always leaves another (a lone feasible model once did not)
