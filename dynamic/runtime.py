@@ -165,8 +165,9 @@ class DynamicRuntime:
             answers = taken_logits(logits, taken).argmax(1)
             falls_back = (taken == len(self.model.exits)) & (margins < fallback_margin(scale))
             answers = torch.where(falls_back, dense, answers)
-            lost = (answers != dense) if labels is None else (answers != labels).float() - (dense != labels).float()
-            if float(lost.float().mean()) > self.target:
+            lost = (answers != dense).float() if labels is None else (
+                (answers != labels).float() - (dense != labels).float())
+            if float(lost.mean()) > self.target:
                 break
             chosen = scale
         self.scale = chosen
