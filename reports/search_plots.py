@@ -4,15 +4,14 @@ where Optuna needs a single target, and screening's proxy against the accuracy t
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable
 
 import optuna
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial
-from scipy.stats import spearmanr
 
+from reports.correlation import rank_correlation
 from reports.plots import HOVER, hover_text
 from reports.records import TrialRecord
 
@@ -98,7 +97,7 @@ def screening_figure(trials: list[TrialRecord]) -> tuple[go.Figure | None, str]:
                          xaxis_title="screened accuracy (batch norm recalibrated, no fine-tune)",
                          yaxis_title="validation accuracy", xaxis_tickformat=".0%", yaxis_tickformat=".1%",
                          template="plotly_white", height=460)
-    rho = float(spearmanr([t.accuracy_before_finetune for t in pairs], [t.accuracy_after_finetune for t in pairs])[0])
-    correlation = "undefined (one side is constant)" if math.isnan(rho) else f"{rho:.2f}"
+    rho = rank_correlation([t.accuracy_before_finetune for t in pairs], [t.accuracy_after_finetune for t in pairs])
+    correlation = "undefined (one side is constant)" if rho is None else f"{rho:.2f}"
     return figure, (f"Spearman rank correlation of screened and fine-tuned accuracy over {len(pairs)} trials: "
                     f"{correlation}; {len(stopped)} trials were stopped on their screened accuracy alone.")

@@ -30,11 +30,11 @@ from dataclasses import replace
 from typing import Any
 
 import optuna
-from scipy.stats import spearmanr
 
 from pruners import available_methods, faster_methods, get_method
 from reports import TrialRecord, load_records
 from reports.atomic import write_text
+from reports.correlation import rank_correlation
 from reports.selection import TOLERANCE
 from search.baselines import BASELINE_LABEL
 from search.config import MIN_BUDGET, ConfigError, RunConfig, parse_config
@@ -234,7 +234,7 @@ def _screening(trials: list[TrialRecord]) -> dict[str, float | None]:
     pairs = [(t.accuracy_before_finetune, t.accuracy_after_finetune) for t in trials
              if t.is_complete and t.accuracy_before_finetune is not None and t.accuracy_after_finetune is not None]
     seconds = [t.screen_seconds for t in trials if t.screen_seconds is not None]
-    rho = float(spearmanr(*zip(*pairs)).statistic) if len(pairs) >= 3 else None
+    rho = rank_correlation(*zip(*pairs)) if len(pairs) >= 3 else None
     return {"spearman": rho, "pairs": len(pairs),
             "seconds_per_candidate": sum(seconds) / len(seconds) if seconds else None}
 

@@ -7,6 +7,7 @@ import os
 import statistics
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import optuna
@@ -14,6 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from reports import TrialRecord, load_records
+from reports.search_plots import screening_figure
 from search.bench import _screening, arm_candidate, own_trials, verdict
 from search.promotion import PROMOTION_ATTR, promotion_candidates
 from search.study import storage_url
@@ -94,6 +96,18 @@ def test_screening_rank_correlation_uses_the_fine_tuned_accuracy() -> None:
                           accuracy_before_finetune=b, accuracy_after_finetune=a, screen_seconds=1.0)
               for n, (b, a) in enumerate(zip(before, after))]
     assert _screening(trials)["spearman"] == -1.0
+
+
+def test_screening_with_one_constant_side_has_no_correlation_and_says_nothing_on_stderr() -> None:
+    """Every screened accuracy alike (the hook's two-trial smoke run): scipy warned on the terminal and gave NaN,
+    which bench.json cannot hold as JSON; the correlation is now None, quietly, in the benchmark and the report."""
+    trials = [TrialRecord(number=n, state=TrialState.COMPLETE, cost_ratio=0.5, accuracy=a,
+                          accuracy_before_finetune=0.5, accuracy_after_finetune=a, screen_seconds=1.0)
+              for n, a in enumerate([0.8, 0.9, 0.85])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _screening(trials)["spearman"] is None
+        assert "undefined (one side is constant)" in screening_figure(trials)[1]
 
 
 def test_an_arm_with_no_trial_within_budget_takes_its_cheapest_marked_over() -> None:
