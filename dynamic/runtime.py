@@ -107,6 +107,9 @@ class DynamicRuntime:
             raise ValueError(f"loss {loss!r} is not one of {', '.join(LOSSES)}")
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate {sample_rate} must be in (0, 1]: the runtime learns only from checks")
+        if not max_scale > 0:
+            raise ValueError(f"max_scale {max_scale} must be above 0: it bounds how far the thresholds loosen, as a "
+                             "multiple of the base thresholds' distance from certainty")
         if len(exit_costs) != len(model.exits) + 1:
             raise ValueError(f"exit_costs has {len(exit_costs)} entries; give one per exit plus the backbone's")
         self.model, self.dense = model.eval(), dense.eval()

@@ -104,10 +104,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "against dense from labels (default: the saved runtime's)")
     parser.add_argument("--sample-rate", type=float, default=None,
                         help="share of inputs checked against the dense model (default: the saved runtime's)")
+    parser.add_argument("--max-scale", type=float, default=None,
+                        help="how far the runtime may loosen the exits' thresholds, as a multiple of the search's "
+                             "(default: the saved runtime's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of the runtime's sampling")
     args = parser.parse_args(argv)
     args.clean = args.length // 2 if args.clean is None else args.clean
     args.warmup = min(200, args.length // 10) if args.warmup is None else args.warmup
+    if args.max_scale is not None and not args.max_scale > 0:
+        raise ReplayError(f"--max-scale {args.max_scale}: it multiplies the search's distance from certainty, so it "
+                          "must be above 0 (1 keeps the search's thresholds at most)")
     if (args.length < 1 or not 0 <= args.clean <= args.length or args.window < 1 or args.noise < 0
             or not 0 <= args.warmup < args.length):
         raise ReplayError(f"--length {args.length}, --clean {args.clean}, --window {args.window}, --noise "
@@ -142,8 +148,8 @@ def run_replay(args: argparse.Namespace) -> dict:
         raise ReplayError(f"{args.run_dir} holds no study.db: give the folder of a `python -m search.run` run")
     records = load_records(storage_url(args.run_dir))
     workload = run_workload(records.info.config)
-    overrides = {k: v for k, v in {"epsilon": args.epsilon, "sample_rate": args.sample_rate, "loss": args.loss}.items()
-                 if v is not None}
+    overrides = {k: v for k, v in {"epsilon": args.epsilon, "sample_rate": args.sample_rate, "loss": args.loss,
+                                   "max_scale": args.max_scale}.items() if v is not None}
     if args.trial is None:
         settings = args.run_dir / "best" / BEST_RUNTIME
         if not settings.is_file():

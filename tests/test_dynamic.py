@@ -261,3 +261,12 @@ def test_at_batch_one_only_the_heads_that_can_take_the_input_are_hooked(exits: E
         for watch in watches:
             watch.remove()
     assert never == [0] * len(exits.exits) and hooked == [0] * (len(exits.exits) - 1) + [1]
+
+
+@pytest.mark.parametrize("setting", [{"sample_rate": 0.0}, {"max_scale": 0.0}, {"loss": "kl"}])
+def test_the_runtime_refuses_settings_it_cannot_serve_with(exits: EarlyExitModel, digits: Workload,
+                                                           setting: dict) -> None:
+    costs = exit_costs(exits, digits.example_inputs)
+    name = next(iter(setting))
+    with pytest.raises(ValueError, match=name):
+        DynamicRuntime(exits, digits.model, 0.02, exit_costs=costs, dense_cost=costs[-1], **setting)

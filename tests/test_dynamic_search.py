@@ -82,6 +82,16 @@ def test_replay_refuses_what_it_cannot_replay(dynamic_run: Path, tmp_path: Path,
     assert "--trial 999" in capsys.readouterr().err
     best = json.loads((dynamic_run / "pareto.json").read_text())["best"]
     assert replay_main([str(dynamic_run), "--trial", str(best["trial"]), "--length", "50", "--window", "50"]) == 0
+    assert replay_main([str(dynamic_run), "--max-scale", "0"]) == 2
+    assert "--max-scale 0.0" in capsys.readouterr().err
+
+
+def test_replay_lets_the_runtime_loosen_as_far_as_max_scale_says(dynamic_run: Path) -> None:
+    for max_scale in (1.0, 3.0):
+        assert replay_main([str(dynamic_run), "--length", "50", "--window", "50", "--max-scale", str(max_scale)]) == 0
+        replayed = json.loads((dynamic_run / "replay" / "replay.json").read_text())
+        assert replayed["settings"]["max_scale"] == max_scale
+        assert max(w["scale"] for w in replayed["windows"]) <= max_scale
 
 
 def test_the_threshold_fitted_to_a_target_lands_at_or_under_it(digits: Workload) -> None:
