@@ -102,9 +102,10 @@ class DynamicRuntime:
     the FLOPs under the accuracy loss (`python -m search.replay runs/dyn-fl0.5-head --loss accuracy --seed S`, seeds
     0-2): the clean part cost 0.600, 0.642, 0.650 of dense, worst 1,000-input window 0.008, 0.004, 0.005 (epsilon
     0.01), against 0.673, 0.705, 0.745 and 0.008, 0.004, 0.004 at the earlier 0.1, 2 and 2. At gain 2 one loss cut
-    the scale sevenfold, so the exits swung between eager and off; a 10% base rate paid twice for checks that the
-    unsure and alarm checks make up for. Under disagreement the same replays were level (1.07-1.10 against
-    1.06-1.12: that backbone alone disagrees too often for the exits to pay).
+    the scale sevenfold, so the exits swung between eager and off; checks cost about 0.19 of dense per clean input
+    at a 10% base rate and 0.15-0.17 at 5%, the unsure and alarm checks catching the losses either way. Under
+    disagreement the same replays were level (1.07-1.10 against 1.06-1.12: that backbone alone disagrees too often
+    for the exits to pay).
     """
 
     def __init__(self, model: EarlyExitModel, dense: nn.Module, epsilon: float, *, exit_costs: list[float],
