@@ -65,7 +65,7 @@ def recover(model: nn.Module, workload: Workload, *, epochs: float, lr: float, d
     if epochs <= 0:
         return Recovery(before, None, "recalibrated", screened)
     saved = copy.deepcopy(model.state_dict())
-    train(model, workload.train, epochs=epochs, lr=lr, device=device,
+    train(model, workload.train, epochs=epochs, lr=lr, device=device, cycle_momentum=workload.finetune_cycle_momentum,
           teacher=workload.model if distill > 0 else None, distill_weight=distill, temperature=temperature)
     after = evaluate(model, workload.val, device)
     if after >= before:

@@ -18,7 +18,10 @@ class Workload:
     """A trained dense model with its train/val/test batches and an example input of batch size 1.
 
     `train` should shuffle (and may augment); `calibration` is a few unaugmented training batches
-    for batch-norm recalibration. `finetune_lr` is the peak learning rate for recovering a pruned model.
+    for batch-norm recalibration. `finetune_lr` is the peak learning rate for recovering a pruned model, and
+    `finetune_cycle_momentum` whether that fine-tune's momentum cycles against it (torch's one-cycle default) or
+    stays at 0.9: a choice of the workload's recipe, since neither is better everywhere (fashion-resnet20 and
+    digits-cnn, search/workloads/fashion.py).
     """
 
     name: str
@@ -29,6 +32,7 @@ class Workload:
     example_inputs: torch.Tensor
     calibration: Batches
     finetune_lr: float = 0.01
+    finetune_cycle_momentum: bool = True
     notes: dict = field(default_factory=dict)
 
     @property
@@ -105,6 +109,9 @@ def check_workload(name: str, workload: object) -> None:
                                 "iterable of (inputs, labels) batches, e.g. a DataLoader")
     if not (isinstance(workload.finetune_lr, (int, float)) and workload.finetune_lr > 0):
         raise WorkloadError(f"workload {name!r}: finetune_lr {workload.finetune_lr!r} must be a number above 0")
+    if not isinstance(workload.finetune_cycle_momentum, bool):
+        raise WorkloadError(f"workload {name!r}: finetune_cycle_momentum {workload.finetune_cycle_momentum!r} must "
+                            "be True or False")
     device = next(workload.model.parameters(), torch.empty(0)).device
     try:
         with torch.no_grad():
