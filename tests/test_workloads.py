@@ -12,6 +12,7 @@ from search.data import TensorLoader, flip_and_shift, split_train_val
 from search.recover import recover
 from search.training import evaluate, recalibrate_batchnorm
 from search.workloads import Workload, WorkloadError, build_workload
+from search.workloads.base import check_workload
 from search.workloads.fashion import DEBIAN_DIR, load_fashion_mnist
 
 
@@ -101,6 +102,5 @@ def test_recovery_cycles_momentum_or_holds_it_as_the_workload_says(digits: Workl
 
 
 def test_a_workload_whose_momentum_setting_is_not_a_bool_is_refused(digits: Workload) -> None:
-    from search.workloads.base import check_workload
     with pytest.raises(WorkloadError, match="finetune_cycle_momentum 'no' must be True or False"):
         check_workload("mine", dataclasses.replace(digits, finetune_cycle_momentum="no"))
