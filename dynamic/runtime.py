@@ -21,10 +21,12 @@ Before a stream, `calibrate(validation batches)` sets the starting scale to the 
 aside, loses at most `target` on them in its own loss (disagreement, or accuracy lost against dense on their labels);
 otherwise the stream starts at `scale` and pays for the guess over its first windows while the checks find the level.
 
-Checks are drawn at `sample_rate`, more often for unsure answers (UNSURE) and for a while after a loss (ALARM): a
-shift in the stream shows in the checks within tens of inputs rather than hundreds, and each extra check answers
-with the dense model. Loss-free samples from those extra checks move the scale up by less (weighed by sample_rate
-over the check's chance), so they cannot loosen the exits faster than plain sampling would.
+Checks are drawn at `sample_rate`, more often for unsure answers (`unsure_checks`: an answer of confidence c gets
+unsure_checks * (1 - c) more chance) and for a while after a loss (`alarm_checks`: each loss raises the share checked
+by that much, decaying with ALARM_DECAY): a shift in the stream shows in the checks within tens of inputs rather than
+hundreds, and each extra check answers with the dense model. Loss-free samples from those extra checks move the
+scale up by less (weighed by sample_rate over the check's chance), so they cannot loosen the exits faster than plain
+sampling would.
 """
 from __future__ import annotations
 
@@ -45,8 +47,7 @@ MIN_SCALE = 0.05  # under this scale no head takes an input: on inputs where the
 ALL_TO_DENSE = MIN_SCALE * 1e-4  # at or under this scale the fallback tier sends every input to the dense model
 MARGIN = 2.0  # the fallback tier's logit margin at half depth
 LOSSES = {"disagreement": "disagreement with dense", "accuracy": "accuracy lost against dense"}  # name -> meaning
-UNSURE = 0.5  # an answer of confidence c is checked with UNSURE * (1 - c) more chance: unsure answers go to dense
-ALARM, ALARM_DECAY = 0.5, 0.98  # a loss raises the share checked by ALARM, decaying per input (half-life 34)
+ALARM_DECAY = 0.98  # the alarm's extra share of checks decays by this per input (half-life 34)
 CALIBRATION_GRID = 80  # scales tried by calibrate, log-spaced from ALL_TO_DENSE to max_scale
 
 
@@ -111,7 +112,8 @@ class DynamicRuntime:
     def __init__(self, model: EarlyExitModel, dense: nn.Module, epsilon: float, *, exit_costs: list[float],
                  dense_cost: float, base_thresholds: list[float] | None = None, sample_rate: float = 0.05,
                  margin: float = 0.5, gain: float = 0.5, scale: float = 0.5, max_scale: float = 4.0,
-                 window: int = 1000, loss: str = "disagreement", seed: int = 0) -> None:
+                 unsure_checks: float = 0.5, alarm_checks: float = 0.5, window: int = 1000,
+                 loss: str = "disagreement", seed: int = 0) -> None:
         if loss not in LOSSES:
             raise ValueError(f"loss {loss!r} is not one of {', '.join(LOSSES)}")
         if not 0 < sample_rate <= 1:
@@ -119,6 +121,11 @@ class DynamicRuntime:
         if not max_scale > 0:
             raise ValueError(f"max_scale {max_scale} must be above 0: it bounds how far the thresholds loosen, as a "
                              "multiple of the base thresholds' distance from certainty")
+        if not 0 < margin <= 1:
+            raise ValueError(f"margin {margin} must be in (0, 1]: the runtime aims its loss at margin * epsilon")
+        if not (0 <= unsure_checks <= 1 and 0 <= alarm_checks <= 1):
+            raise ValueError(f"unsure_checks {unsure_checks} and alarm_checks {alarm_checks} must be in [0, 1]: each "
+                             "is a share of inputs checked beyond sample_rate")
         if len(exit_costs) != len(model.exits) + 1:
             raise ValueError(f"exit_costs has {len(exit_costs)} entries; give one per exit plus the backbone's")
         self.model, self.dense = model.eval(), dense.eval()
@@ -127,6 +134,7 @@ class DynamicRuntime:
         base = base_thresholds if base_thresholds is not None else model.thresholds.tolist()
         self.base = [min(b, 1.0) for b in base]
         self.sample_rate, self.gain, self.max_scale, self.window = sample_rate, gain, max_scale, window
+        self.unsure_checks, self.alarm_checks = unsure_checks, alarm_checks
         self.scale = scale
         self.alarm = 0.0  # the share checked beyond sample_rate after a loss, decaying
         self.random = random.Random(seed)
@@ -217,7 +225,7 @@ class DynamicRuntime:
         self.alarm *= ALARM_DECAY
         unsure = 1.0 - float(logits.softmax(1).max())
         uniform = min(1.0, self.sample_rate + self.alarm)  # the chance every input had, unsure or not
-        chance = min(1.0, uniform + UNSURE * unsure)
+        chance = min(1.0, uniform + self.unsure_checks * unsure)
         if self.random.random() < chance:
             if reference is None:
                 reference = self.dense(x)
@@ -248,7 +256,7 @@ class DynamicRuntime:
         window.loss_samples += 1
         window.loss_total += loss
         if loss > 0:
-            self.alarm = min(1.0 - self.sample_rate, self.alarm + ALARM)
+            self.alarm = min(1.0 - self.sample_rate, self.alarm + self.alarm_checks)
         weight = (uniform if loss > 0 else self.sample_rate) / chance
         step = self.gain * (self.target - loss) * weight
         self.scale = max(ALL_TO_DENSE, min(self.max_scale, self.scale * math.exp(step)))
@@ -278,7 +286,8 @@ class DynamicRuntime:
         """What the runtime needs to be rebuilt on a loaded model (saved with the pick)."""
         return {"epsilon": self.epsilon, "exit_costs": self.exit_costs, "dense_cost": self.dense_cost,
                 "base_thresholds": self.base, "sample_rate": self.sample_rate, "margin": self.target / self.epsilon,
-                "gain": self.gain, "scale": self.scale, "max_scale": self.max_scale, "window": self.window,
+                "gain": self.gain, "scale": self.scale, "max_scale": self.max_scale,
+                "unsure_checks": self.unsure_checks, "alarm_checks": self.alarm_checks, "window": self.window,
                 "loss": self.loss}
 
     def save(self, path: Path) -> None:

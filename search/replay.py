@@ -107,6 +107,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-scale", type=float, default=None,
                         help="how far the runtime may loosen the exits' thresholds, as a multiple of the search's "
                              "(default: the saved runtime's)")
+    parser.add_argument("--margin", type=float, default=None,
+                        help="the loss the runtime aims at, as a share of epsilon (default: the saved runtime's)")
+    parser.add_argument("--unsure-checks", type=float, default=None,
+                        help="extra chance of a check for an unsure answer, times one minus its confidence (default: "
+                             "the saved runtime's)")
+    parser.add_argument("--alarm-checks", type=float, default=None,
+                        help="extra share of inputs checked after each loss, decaying (default: the saved runtime's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of the runtime's sampling")
     args = parser.parse_args(argv)
     args.clean = args.length // 2 if args.clean is None else args.clean
@@ -149,7 +156,9 @@ def run_replay(args: argparse.Namespace) -> dict:
     records = load_records(storage_url(args.run_dir))
     workload = run_workload(records.info.config)
     overrides = {k: v for k, v in {"epsilon": args.epsilon, "sample_rate": args.sample_rate, "loss": args.loss,
-                                   "max_scale": args.max_scale}.items() if v is not None}
+                                   "max_scale": args.max_scale, "margin": args.margin,
+                                   "unsure_checks": args.unsure_checks, "alarm_checks": args.alarm_checks}.items()
+                 if v is not None}
     if args.trial is None:
         settings = args.run_dir / "best" / BEST_RUNTIME
         if not settings.is_file():
@@ -165,7 +174,11 @@ def run_replay(args: argparse.Namespace) -> dict:
         model = load_pruned(args.run_dir, record.model_path, workload.model)
     if not isinstance(model, EarlyExitModel):
         raise ReplayError(f"{args.run_dir}: the model holds no exits to adapt")
-    runtime = DynamicRuntime(model, workload.model, **{**saved, "window": args.window, "seed": args.seed, **overrides})
+    try:
+        runtime = DynamicRuntime(model, workload.model,
+                                 **{**saved, "window": args.window, "seed": args.seed, **overrides})
+    except ValueError as error:  # a setting the runtime cannot serve with, from the command line
+        raise ReplayError(str(error)) from error
     if "scale" not in saved:  # a search's settings: start where the validation split says the budget holds
         runtime.calibrate(workload.val)
     dense_flops = count_flops(workload.model, workload.example_inputs)

@@ -197,6 +197,22 @@ def test_under_the_accuracy_loss_the_runtime_holds_the_accuracy_lost_from_labels
     assert len(log) == 4 and sum(w["loss_samples"] for w in log) == sum(w["checks"] for w in log)
 
 
+def test_checks_beyond_the_sample_rate_come_from_unsure_answers_and_alarms(exits: EarlyExitModel,
+                                                                           digits: Workload) -> None:
+    """With unsure_checks and alarm_checks at 0 the runtime checks its base rate of inputs and no more; at their
+    defaults unsure answers and losses draw more checks on the same stream."""
+    costs = exit_costs(exits, digits.example_inputs)
+    stream = noisy_stream(digits.test, 1000, clean=500, noise=1.0)
+    checked = {}
+    for extra in (0.0, 0.5):
+        runtime = DynamicRuntime(exits, digits.model, 0.03, exit_costs=costs, dense_cost=costs[-1], sample_rate=0.1,
+                                 unsure_checks=extra, alarm_checks=extra)
+        for x, _, _ in stream:
+            runtime(x)
+        checked[extra] = sum(w["checks"] for w in runtime.log())
+    assert 70 <= checked[0.0] <= 130 and checked[0.5] > 1.3 * checked[0.0]
+
+
 def test_the_runtime_saves_and_loads_with_its_model(exits: EarlyExitModel, digits: Workload, tmp_path) -> None:
     costs = exit_costs(exits, digits.example_inputs)
     runtime = DynamicRuntime(exits, digits.model, 0.02, exit_costs=costs, dense_cost=costs[-1])
@@ -263,7 +279,8 @@ def test_at_batch_one_only_the_heads_that_can_take_the_input_are_hooked(exits: E
     assert never == [0] * len(exits.exits) and hooked == [0] * (len(exits.exits) - 1) + [1]
 
 
-@pytest.mark.parametrize("setting", [{"sample_rate": 0.0}, {"max_scale": 0.0}, {"loss": "kl"}])
+@pytest.mark.parametrize("setting", [{"sample_rate": 0.0}, {"max_scale": 0.0}, {"loss": "kl"}, {"margin": 1.5},
+                                     {"unsure_checks": -0.1}, {"alarm_checks": 2.0}])
 def test_the_runtime_refuses_settings_it_cannot_serve_with(exits: EarlyExitModel, digits: Workload,
                                                            setting: dict) -> None:
     costs = exit_costs(exits, digits.example_inputs)

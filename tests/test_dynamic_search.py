@@ -84,6 +84,8 @@ def test_replay_refuses_what_it_cannot_replay(dynamic_run: Path, tmp_path: Path,
     assert replay_main([str(dynamic_run), "--trial", str(best["trial"]), "--length", "50", "--window", "50"]) == 0
     assert replay_main([str(dynamic_run), "--max-scale", "0"]) == 2
     assert "--max-scale 0.0" in capsys.readouterr().err
+    assert replay_main([str(dynamic_run), "--margin", "0"]) == 2
+    assert "margin 0.0 must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_replay_lets_the_runtime_loosen_as_far_as_max_scale_says(dynamic_run: Path) -> None:
