@@ -35,12 +35,14 @@ def model_file(run_dir: Path, record: TrialRecord) -> Path | None:
 
 
 def runtime_settings(best: TrialRecord, epsilon: float) -> dict | None:
-    """A dynamic pick's runtime settings (DynamicRuntime keyword arguments): the run's epsilon, and the cost of leaving
-    at each exit as a ratio to the dense FLOPs (a dense check costs 1); None for a static pick."""
+    """A dynamic pick's runtime settings (DynamicRuntime keyword arguments): the run's epsilon, the cost of leaving at
+    each exit as a ratio to the dense FLOPs (a dense check costs 1), and the checks fitted for it on validation where
+    the final stage fitted them; None for a static pick."""
     if not best.exit_flops or not best.flops or not best.flops_ratio:
         return None
     dense_flops = best.flops / best.flops_ratio
-    return {"epsilon": epsilon, "exit_costs": [f / dense_flops for f in best.exit_flops], "dense_cost": 1.0}
+    fitted = best.runtime_checks["settings"] if best.runtime_checks else {}
+    return {"epsilon": epsilon, "exit_costs": [f / dense_flops for f in best.exit_flops], "dense_cost": 1.0, **fitted}
 
 
 def write_best(run_dir: Path, best: TrialRecord | None, epsilon: float) -> BestFiles:

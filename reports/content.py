@@ -425,6 +425,18 @@ def _dynamic_section(inputs: ReportInputs) -> Section | None:
                   "interleaved with dense. best/runtime.json holds the settings of the runtime that adapts its "
                   "thresholds online (dynamic.runtime.DynamicRuntime.load); `python -m search.replay RUN_DIR` "
                   "replays a stream through it."]
+    fitted = best.runtime_checks
+    if fitted:
+        tried = "; ".join(f"{t.get('sample_rate', 0):g} / {t.get('unsure_checks', 0):g} / "
+                          f"{t.get('alarm_checks', 0):g}: clean {t.get('clean_cost', 0):.3f}, worst "
+                          f"{t.get('worst_loss', 0):.4f}" for t in fitted.get("tried", []))
+        kept = fitted["settings"]
+        paragraphs.append(f"The runtime's checks were fitted on a validation stream of {fitted.get('length', '?')} "
+                          f"inputs, clean then noisy (search.stream_replay.fit_checks): kept sample rate "
+                          f"{kept.get('sample_rate', 0):g}, unsure checks {kept.get('unsure_checks', 0):g}, alarm "
+                          f"checks {kept.get('alarm_checks', 0):g}, the cheapest on the clean part whose worst window "
+                          f"stayed within {fitted.get('hold', 0):g} of epsilon (else the lowest worst window). Tried "
+                          f"(sample rate / unsure / alarm): {tried}.")
     figures = [exit_cost_figure(best)]
     replay = inputs.replay
     if replay:

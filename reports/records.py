@@ -81,6 +81,7 @@ class TrialRecord:
     compressed_bytes: int | None = None  # masked weights packed (reports.schema.Measured)
     compressed_ratio: float | None = None
     layers: list[list[Any]] | None = None  # per layer: [name, kept units, dense units, nonzero weights, dense weights]
+    runtime_checks: dict[str, Any] | None = None  # a dynamic pick's checks fitted on validation (RUNTIME_CHECKS_ATTR)
 
     @property
     def is_complete(self) -> bool:
@@ -149,6 +150,8 @@ BATCHES_ATTR = "latency_by_batch"  # study attr {trial number: {batch size: late
 SENSITIVITY_ATTR = "sensitivity"  # study attr: the run's sensitivity map (search.sensitivity), measured once
 FINAL_ERRORS_ATTR = "final_stage_errors"  # study attr {final-stage step: why it failed}; the report says it
 REMEASURED_ATTR = "remeasured"  # study attr {trial number: the pick's latency ratio re-measured with more rounds}
+RUNTIME_CHECKS_ATTR = "runtime_checks"  # study attr {trial number: a dynamic pick's runtime checks fitted on
+# validation (search.stream_replay.fit_checks: "settings", the "tried" grid) and the "model_path" they hold for}
 FINAL_FIELDS = ("accuracy", "accuracy_loss", "test_accuracy", *MEASURED_FIELDS, "cost_ratio", "model_path")
 
 
@@ -225,6 +228,14 @@ def with_latency_checks(record: TrialRecord, batches: dict[str, Any] | None, rem
                    latency_ratio_p10=_float(remeasured.get("p10")), latency_ratio_p90=_float(remeasured.get("p90")))
 
 
+def with_runtime_checks(record: TrialRecord, fitted: dict[str, Any] | None) -> TrialRecord:
+    """The record with the runtime checks fitted for it, where they were fitted on the model file it holds."""
+    if not fitted or fitted.get("model_path") != record.model_path or not isinstance(fitted.get("settings"), dict):
+        return record
+    settings = {k: float(v) for k, v in fitted["settings"].items() if isinstance(v, (int, float))}
+    return replace(record, runtime_checks={**fitted, "settings": settings})
+
+
 def trial_record_fields(attrs: dict[str, Any]) -> dict[str, Any]:
     """The FINAL_FIELDS of an attrs dict, typed as TrialRecord holds them."""
     kinds = {"flops": _int, "params": _int, "size_bytes": _int, "model_path": run_relative, "exit_flops": _ints,
@@ -276,7 +287,9 @@ def study_records(study: optuna.Study, final: bool = True) -> StudyRecords:
     tested = attrs.get(TEST_ACCURACY_ATTR) or {}
     finals = (attrs.get(FINAL_ATTR) or {}) if final else {}
     batches, remeasured = attrs.get(BATCHES_ATTR) or {}, (attrs.get(REMEASURED_ATTR) or {}) if final else {}
-    trials = [with_latency_checks(with_final(trial_record(t, tested), finals.get(str(t.number))),
-                                  batches.get(str(t.number)), remeasured.get(str(t.number)), info.cost_metric)
-              for t in study.get_trials(deepcopy=False)]
+    checks = attrs.get(RUNTIME_CHECKS_ATTR) or {}
+    trials = [with_runtime_checks(
+        with_latency_checks(with_final(trial_record(t, tested), finals.get(str(t.number))),
+                            batches.get(str(t.number)), remeasured.get(str(t.number)), info.cost_metric),
+        checks.get(str(t.number))) for t in study.get_trials(deepcopy=False)]
     return StudyRecords(info=info, trials=trials)

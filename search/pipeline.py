@@ -26,6 +26,7 @@ from search.measure.latency_table import LatencyTable, LatencyTableError, latenc
 from search.quantize import QuantizeError, quantize_int8
 from search.reference import DenseReference, measure_dense, near_chance_bar, weights_fingerprint
 from search.sensitivity import with_sensitivity
+from search.stream_replay import fit_pick_checks
 from search.study import ResumeError, open_study, record_final_error, record_run_attrs, requeue_interrupted, storage_url
 from search.trial import TrialContext, fitting_ratio
 from search.workloads import Workload, WorkloadError
@@ -177,6 +178,7 @@ def finish(study: optuna.Study, ctx: TrialContext, show: bool = True, finalists:
         final_step(study, "test accuracy", evaluate_front_on_test, study, front, ctx)
         final_step(study, "latency at both batch sizes", time_both_batches, study, front, ctx)
         final_step(study, "re-measured latency", remeasure_pick, study, ctx)
+        final_step(study, "runtime checks", fit_pick_checks, study, ctx)
     pareto = write_report(ctx.run_dir)
     if show:
         print("\n".join(summary_lines(pareto, str(ctx.run_dir / "report.html"))))

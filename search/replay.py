@@ -8,6 +8,8 @@ deviation grows linearly to --noise (in the inputs' normalised units); each labe
 Per window the runtime logs its mean cost (a ratio to the dense model's FLOPs, dense checks included) and the loss
 it learnt from its checks (disagreement with dense, or with --loss accuracy the accuracy lost against dense); the
 replay adds that loss over every input, which the runtime itself never sees, and the worst over sliding windows.
+With --fit-checks the runtime's checks are first fitted on a validation stream (search.stream_replay.fit_checks:
+the cheapest of its grid that holds the budget there), so the test stream measures them on inputs the fit never saw.
 Writes RUN_DIR/replay/replay.json and replay.html.
 """
 from __future__ import annotations
@@ -18,9 +20,6 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from dynamic import EarlyExitModel
 from dynamic.runtime import LOSSES, DynamicRuntime
 from reports import ReportError, load_records
@@ -30,8 +29,8 @@ from reports.plots import replay_figure
 from search.measure import count_flops
 from search.model_files import load_pruned
 from search.run import configure_logging
+from search.stream_replay import fit_checks, mean_cost, noisy_stream, replay, worst_window
 from search.study import storage_url
-from search.training import Batches
 from search.workloads import WorkloadError, run_workload
 
 log = logging.getLogger("search.replay")
@@ -39,52 +38,6 @@ log = logging.getLogger("search.replay")
 
 class ReplayError(ValueError):
     """The run folder has nothing to replay; the message says what to do."""
-
-
-def noisy_stream(loader: Batches, length: int, clean: int, noise: float, seed: int = 0
-                 ) -> list[tuple[torch.Tensor, int, float]]:
-    """(input of batch 1, label, noise strength) for `length` inputs cycled from `loader`: the first `clean` as they
-    are, then Gaussian noise growing linearly to a standard deviation of `noise`."""
-    samples = [(inputs[i:i + 1], int(labels[i])) for inputs, labels in loader for i in range(len(labels))]
-    if not samples:
-        raise ReplayError("the split to stream from is empty")
-    generator = torch.Generator().manual_seed(seed)
-    stream = []
-    for t in range(length):
-        x, label = samples[t % len(samples)]
-        strength = 0.0 if t < clean else noise * (t - clean + 1) / max(length - clean, 1)
-        stream.append((x + strength * torch.randn(x.shape, generator=generator), label, strength))
-    return stream
-
-
-def replay(runtime: DynamicRuntime, stream: list[tuple[torch.Tensor, int, float]]) -> tuple[list[dict], list[int]]:
-    """Serve the stream through the runtime: its per-window log, with added the loss over every input (of the
-    runtime's kind: disagreement with dense, or accuracy lost against it), the disagreement over every input and
-    the largest noise strength of the window; and the loss per input."""
-    disagreed: list[int] = []
-    lost: list[int] = []
-    with torch.inference_mode():
-        for number, (x, label, _) in enumerate(tqdm(stream, desc="stream", unit="input", leave=False)):
-            answer, dense = int(runtime(x).argmax(1)), int(runtime.dense(x).argmax(1))
-            disagreed.append(int(answer != dense))
-            lost.append(int(answer != label) - int(dense != label))
-            runtime.observe_label(number, label)
-    losses = disagreed if runtime.loss == "disagreement" else lost
-    windows = runtime.log()
-    for window in windows:
-        span = range(window["start"], window["start"] + window["inputs"])
-        window["loss_all"] = sum(losses[i] for i in span) / max(len(span), 1)
-        window["disagreement_all"] = sum(disagreed[i] for i in span) / max(len(span), 1)
-        window["noise"] = max((stream[i][2] for i in span), default=0.0)
-    return windows, losses
-
-
-def worst_window(losses: list[int], window: int, warmup: int) -> float:
-    """The largest mean loss over sliding windows of `window` inputs starting after `warmup` (in steps of a tenth of
-    a window); the whole stream after warm-up where it is shorter than a window."""
-    span = min(window, max(len(losses) - warmup, 1))
-    step = max(span // 10, 1)
-    return max(sum(losses[s:s + span]) / span for s in range(warmup, max(len(losses) - span, warmup) + 1, step))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -114,6 +67,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "the saved runtime's)")
     parser.add_argument("--alarm-checks", type=float, default=None,
                         help="extra share of inputs checked after each loss, decaying (default: the saved runtime's)")
+    parser.add_argument("--fit-checks", action="store_true",
+                        help="fit the checks (sample rate, unsure and alarm checks) on a validation stream first: the "
+                             "cheapest that hold the budget there, for this loss; flags that set them win")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise and of the runtime's sampling")
     args = parser.parse_args(argv)
     args.clean = args.length // 2 if args.clean is None else args.clean
@@ -143,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                            result["settings"]["loss"])
     write_text(out / "replay.html", figure.to_html(include_plotlyjs="cdn"))
     clean = "" if result["clean_cost"] is None else f", {result['clean_cost']:.3f} on the clean part"
+    if result["fitted_checks"] is not None:
+        kept = result["fitted_checks"]["settings"]
+        print("checks fitted on validation: " + ", ".join(f"{k} {v:g}" for k, v in kept.items()))
     print(f"replayed {args.length} inputs: mean cost {result['mean_cost']:.3f} of dense{clean} (static backbone "
           f"{result['static_cost']:.3f}); worst loss over {args.window} inputs after {args.warmup}: "
           f"{result['worst_loss']:.4f} (epsilon {result['settings']['epsilon']:.4f}) -> {out}/replay.html")
@@ -160,12 +119,12 @@ def run_replay(args: argparse.Namespace) -> dict:
                                    "unsure_checks": args.unsure_checks, "alarm_checks": args.alarm_checks}.items()
                  if v is not None}
     if args.trial is None:
-        settings = args.run_dir / "best" / BEST_RUNTIME
-        if not settings.is_file():
-            raise ReplayError(f"{settings} is missing: the pick of {args.run_dir} is not dynamic; give a dynamic "
+        saved_path = args.run_dir / "best" / BEST_RUNTIME
+        if not saved_path.is_file():
+            raise ReplayError(f"{saved_path} is missing: the pick of {args.run_dir} is not dynamic; give a dynamic "
                               "trial with --trial N, or search with --methods dynamic (or dynamic,channel)")
         model = load_pruned(args.run_dir, "best/model.pt", workload.model)
-        saved = json.loads(settings.read_text())
+        saved = json.loads(saved_path.read_text())
     else:
         record = next((r for r in records.trials if r.number == args.trial and r.is_complete), None)
         saved = None if record is None else runtime_settings(record, records.info.epsilon)
@@ -174,27 +133,29 @@ def run_replay(args: argparse.Namespace) -> dict:
         model = load_pruned(args.run_dir, record.model_path, workload.model)
     if not isinstance(model, EarlyExitModel):
         raise ReplayError(f"{args.run_dir}: the model holds no exits to adapt")
+    settings = {**saved, **overrides}
+    fitted = None
     try:
-        runtime = DynamicRuntime(model, workload.model,
-                                 **{**saved, "window": args.window, "seed": args.seed, **overrides})
-    except ValueError as error:  # a setting the runtime cannot serve with, from the command line
+        if args.fit_checks:
+            log.info("fitting the runtime's checks on a validation stream (%s loss)", settings.get("loss", "default"))
+            fitted = fit_checks(model, workload.model, settings, workload.val)
+            settings = {**settings, **fitted.settings, **overrides}
+        runtime = DynamicRuntime(model, workload.model, **{**settings, "window": args.window, "seed": args.seed})
+        stream = noisy_stream(workload.test, args.length, args.clean, args.noise, args.seed)
+    except ValueError as error:  # a setting the runtime cannot serve with, from the command line; an empty split
         raise ReplayError(str(error)) from error
     if "scale" not in saved:  # a search's settings: start where the validation split says the budget holds
         runtime.calibrate(workload.val)
     dense_flops = count_flops(workload.model, workload.example_inputs)
     static_cost = count_flops(model.backbone, workload.example_inputs) / dense_flops
-    windows, losses = replay(runtime, noisy_stream(workload.test, args.length, args.clean, args.noise, args.seed))
+    windows, losses = replay(runtime, stream)
     clean = [w for w in windows if w["start"] + w["inputs"] <= args.clean]
     return {"settings": runtime.settings(), "static_cost": static_cost,
             "stream": {"split": "test", "length": args.length, "clean": args.clean, "noise": args.noise,
                        "seed": args.seed, "warmup": args.warmup},
             "mean_cost": mean_cost(windows), "clean_cost": mean_cost(clean) if clean else None,
-            "worst_loss": worst_window(losses, args.window, args.warmup), "windows": windows}
-
-
-def mean_cost(windows: list[dict]) -> float:
-    """The mean cost per input over `windows` of the runtime's log."""
-    return sum(w["cost"] for w in windows) / max(sum(w["inputs"] for w in windows), 1)
+            "worst_loss": worst_window(losses, args.window, args.warmup), "windows": windows,
+            "fitted_checks": None if fitted is None else fitted.as_dict()}
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from dynamic.runtime import ALL_TO_DENSE, DynamicRuntime
 from pruners import prune
 from search.dynamic import attach_exits, evaluate_dynamic, exit_costs, exit_feature_shapes, train_heads
 from search.measure import count_flops
-from search.replay import noisy_stream
+from search.stream_replay import CHECK_GRID, fit_checks, mean_cost, noisy_stream, replay, worst_window
 from search.training import train
 from search.workloads import Workload
 
@@ -128,6 +128,16 @@ def test_the_runtime_holds_the_budget_where_the_pruned_backbone_alone_cannot(
     assert sum(w["fallbacks"] for w in log[:2]) < sum(w["fallbacks"] for w in log[2:])
 
 
+def test_a_backbone_that_loses_far_more_than_dense_under_noise_keeps_the_most_checks(pruned_exits: EarlyExitModel,
+                                                                                      digits: Workload) -> None:
+    """Fewer checks catch the noisy part's disagreements too late: the fit keeps the grid's most checks, and its
+    fewest let the worst validation window rise more than twofold."""
+    costs = exit_costs(pruned_exits, digits.example_inputs)
+    settings = {"epsilon": 0.03, "exit_costs": costs, "dense_cost": costs[-1], "base_thresholds": [0.9, 0.9]}
+    fit = fit_checks(pruned_exits, digits.model, settings, digits.val)
+    assert fit.settings == CHECK_GRID[0] and fit.tried[-1]["worst_loss"] > 2 * fit.tried[0]["worst_loss"]
+
+
 def test_calibrated_on_validation_the_runtime_starts_within_budget(pruned_exits: EarlyExitModel,
                                                                    digits: Workload) -> None:
     """Started at its loosest scale with eager heads, the runtime breaks a tight budget over its first 100 clean
@@ -206,11 +216,33 @@ def test_checks_beyond_the_sample_rate_come_from_unsure_answers_and_alarms(exits
     checked = {}
     for extra in (0.0, 0.5):
         runtime = DynamicRuntime(exits, digits.model, 0.03, exit_costs=costs, dense_cost=costs[-1], sample_rate=0.1,
-                                 unsure_checks=extra, alarm_checks=extra)
+                                 base_thresholds=[0.9, 0.9], unsure_checks=extra, alarm_checks=extra)
         for x, _, _ in stream:
             runtime(x)
         checked[extra] = sum(w["checks"] for w in runtime.log())
     assert 70 <= checked[0.0] <= 130 and checked[0.5] > 1.3 * checked[0.0]
+
+
+def test_checks_fitted_on_validation_cost_less_and_hold_the_budget_on_the_test_stream(exits: EarlyExitModel,
+                                                                                      digits: Workload) -> None:
+    """Heads on the dense backbone lose no accuracy against dense however noisy the stream, so the runtime's default
+    checks pay for a shift that never threatens the budget: the fit keeps fewer, and on the test split's stream
+    (inputs the fit never saw) they cost less on the clean part and still hold every window."""
+    costs = exit_costs(exits, digits.example_inputs)
+    settings = {"epsilon": 0.03, "exit_costs": costs, "dense_cost": costs[-1], "base_thresholds": [0.9, 0.9],
+                "loss": "accuracy"}
+    thresholds = exits.thresholds.clone()
+    fit = fit_checks(exits, digits.model, settings, digits.val)
+    assert torch.equal(exits.thresholds, thresholds)  # a runtime built without base thresholds starts from these
+    assert fit.settings != CHECK_GRID[0] and fit.kept["holds"]
+    stream = noisy_stream(digits.test, 4000, clean=2000, noise=1.0, seed=0)
+    replayed = {}
+    for name, checks in (("defaults", {}), ("fitted", fit.settings)):
+        runtime = DynamicRuntime(exits, digits.model, **settings, **checks)
+        runtime.calibrate(digits.val)
+        windows, losses = replay(runtime, stream, progress=False)
+        replayed[name] = (mean_cost(windows[:2]), worst_window(losses, 1000, 200))
+    assert replayed["fitted"][0] < replayed["defaults"][0] and replayed["fitted"][1] <= settings["epsilon"]
 
 
 def test_the_runtime_saves_and_loads_with_its_model(exits: EarlyExitModel, digits: Workload, tmp_path) -> None:

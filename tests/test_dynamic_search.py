@@ -25,6 +25,7 @@ from search.fit import TOLERANCE
 from search.model_files import load_pruned
 from search.pipeline import finish, prepare, run_backend
 from search.replay import main as replay_main
+from search.stream_replay import CHECK_GRID
 from search.training import evaluate
 from search.workloads import Workload
 
@@ -55,8 +56,11 @@ def test_the_dynamic_pick_is_within_budget_and_reloads_as_it_was_measured(dynami
     runtime = DynamicRuntime.load(dynamic_run / "best" / "runtime.json", model, digits.model)
     assert runtime.epsilon == 0.01 and len(runtime.exit_costs) == len(best["exit_flops"])
     assert runtime.exit_costs == sorted(runtime.exit_costs) and runtime.dense_cost == 1.0
+    saved = json.loads((dynamic_run / "best" / "runtime.json").read_text())
+    assert {k: saved.get(k) for k in CHECK_GRID[0]} in CHECK_GRID  # the checks fitted for the pick on validation
     report = (dynamic_run / "report.md").read_text()
     assert "## Dynamic pick" in report and "best/runtime.json" in report
+    assert "checks were fitted on a validation stream" in report
     pareto = json.loads((dynamic_run / "pareto.json").read_text())
     assert any(line.startswith("latency mean, stream") for line in summary_lines(pareto, "report.html"))
 
@@ -94,6 +98,15 @@ def test_replay_lets_the_runtime_loosen_as_far_as_max_scale_says(dynamic_run: Pa
         replayed = json.loads((dynamic_run / "replay" / "replay.json").read_text())
         assert replayed["settings"]["max_scale"] == max_scale
         assert max(w["scale"] for w in replayed["windows"]) <= max_scale
+
+
+def test_replay_fits_the_checks_on_validation_and_a_flag_that_sets_one_wins(dynamic_run: Path) -> None:
+    assert replay_main([str(dynamic_run), "--length", "100", "--window", "50", "--fit-checks",
+                        "--sample-rate", "0.2"]) == 0
+    replayed = json.loads((dynamic_run / "replay" / "replay.json").read_text())
+    fitted, used = replayed["fitted_checks"]["settings"], replayed["settings"]
+    assert len(replayed["fitted_checks"]["tried"]) == len(CHECK_GRID)
+    assert used["sample_rate"] == 0.2 and all(used[k] == fitted[k] for k in ("unsure_checks", "alarm_checks"))
 
 
 def test_the_threshold_fitted_to_a_target_lands_at_or_under_it(digits: Workload) -> None:
