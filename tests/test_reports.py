@@ -34,9 +34,10 @@ MODEL_EXTRA_KEYS = {"flops_ratio", "latency_ratio", "params_ratio", "size_bytes"
 
 
 def record(number: int, cost: float | None, accuracy: float | None,
-           state: TrialState = TrialState.COMPLETE) -> TrialRecord:
+           state: TrialState = TrialState.COMPLETE, latency: float | None = None) -> TrialRecord:
     loss = None if accuracy is None else DENSE["accuracy"] - accuracy
-    return TrialRecord(number=number, state=state, cost_ratio=cost, accuracy=accuracy, accuracy_loss=loss)
+    return TrialRecord(number=number, state=state, cost_ratio=cost, accuracy=accuracy, accuracy_loss=loss,
+                       latency_ratio=latency)
 
 
 def test_pareto_front_drops_dominated_keeps_exact_ties_sorted_by_cost() -> None:
@@ -106,6 +107,19 @@ def test_a_few_hundred_flops_less_do_not_outweigh_half_a_point() -> None:
     assert select_best([cheaper, fine_tuned], 0.5, 0.01) is fine_tuned
     clearly_cheaper = record(15, 0.49, 0.9214)
     assert select_best([clearly_cheaper, cheaper, fine_tuned], 0.5, 0.01) is clearly_cheaper
+
+
+def test_of_models_tied_in_cost_and_accuracy_the_faster_is_the_pick() -> None:
+    """Two dynamic models at 0.5 of the FLOPs, 0.1 point apart on validation (within ACCURACY_TIE): the one that runs
+    at 0.60 of dense at batch 1 is the pick over the one at 0.69; 0.3 point more accuracy still outweighs speed, and a
+    model whose latency is unknown comes after one whose latency is known."""
+    thin, whole = record(13, 0.500, 0.9270, latency=0.69), record(9, 0.500, 0.9260, latency=0.60)
+    assert select_best([thin, whole], 0.5, 0.01) is whole
+    clearly_better = record(4, 0.500, 0.9290, latency=0.69)
+    assert select_best([thin, whole, clearly_better], 0.5, 0.01) is clearly_better
+    untimed = record(2, 0.500, 0.9262)
+    assert select_best([untimed, whole], 0.5, 0.01) is whole
+    assert select_best([untimed, record(3, 0.500, 0.9261)], 0.5, 0.01).number == 2
 
 
 def save_model(run_dir: Path, number: int) -> tuple[str, nn.Module]:
