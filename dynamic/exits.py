@@ -1,8 +1,10 @@
 """Early exits (BranchyNet, MSDNet): small classifier heads after stages of a network; an input leaves at the first
 head confident enough, and the stages after it never run.
 
-The heads hang on forward hooks, so any network whose stages are modules works without graph surgery: at batch 1 a
-confident head stops the forward by raising, which is where the time is saved. For a batch (evaluation, training),
+At batch 1 in eval mode the backbone runs as segments cut at its exit points (dynamic/segments.py), so a confident head
+ends the forward where it stands, and the later stages never run; where torch.fx cannot cut the backbone, the heads
+hang on forward hooks instead and a confident head stops the forward by raising, so any network whose stages are
+modules works. For a batch (evaluation, training),
 `exit_logits` runs the whole network once and returns every head's logits, and the per-input decisions are made on
 them; the result is the same as feeding the inputs one at a time.
 """
@@ -10,6 +12,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from dynamic.segments import Segment, split_at_exits
 
 NEVER = 2.0  # a threshold no softmax confidence reaches: the head never takes an input
 
@@ -117,6 +121,8 @@ class EarlyExitModel(nn.Module):
         self.head_layout = head_layout
         self.register_buffer("thresholds", torch.tensor(thresholds or [NEVER] * len(exits), dtype=torch.float32))
         self.forced_exit: int | None = None  # take every input at this head (cost counting); None: by confidence
+        self._segments: list[Segment] | None = None  # the backbone cut at its exits, once cut (_segments_for)
+        self._segmented = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits per input. One input: the forward stops at the first confident head. A batch: every head runs
@@ -148,6 +154,9 @@ class EarlyExitModel(nn.Module):
             takers = [index for index, limit in enumerate(limits) if limit <= 1]
         else:
             limits, takers = None, [self.forced_exit]
+        segments = None if self.backbone.training else self._segments_for(x)
+        if segments is not None:
+            return self._through(segments, x, limits, takers)
         hooks = [self._points[index].register_forward_hook(self._stopper(index, limits)) for index in takers]
         try:
             return self.backbone(x), len(self.exits)
@@ -156,6 +165,39 @@ class EarlyExitModel(nn.Module):
         finally:
             for hook in hooks:
                 hook.remove()
+
+    def _segments_for(self, x: torch.Tensor) -> list[Segment] | None:
+        """The backbone's segments (split_at_exits), cut at the first batch-1 call in eval mode and kept where, run
+        one after another on that input, they give the backbone's own output; None: the hooks serve."""
+        if not self._segmented:
+            self._segmented = True
+            segments = split_at_exits(self.backbone, self.exits)
+            if segments is not None:
+                with torch.no_grad():
+                    y = x
+                    for segment in segments:
+                        y = segment(self.backbone, y)
+                    self._segments = segments if torch.allclose(y, self.backbone(x), rtol=1e-5, atol=1e-6) else None
+        return self._segments
+
+    def _through(self, segments: list[Segment], x: torch.Tensor, limits: list[float] | None,
+                 takers: list[int]) -> tuple[torch.Tensor, int]:
+        """One input through the segments, each taker head consulted after its own, up to the first confident one."""
+        for index, segment in enumerate(segments[:-1]):
+            x = segment(self.backbone, x)
+            if index in takers:
+                logits = self.heads[index](x)
+                if limits is None or float(logits.detach().softmax(1).max()) >= limits[index]:
+                    return logits, index
+        return segments[-1](self.backbone, x), len(self.exits)
+
+    def __getstate__(self) -> dict:
+        """Pickled (torch.save of the whole model, a deep copy) without its segments: compiled functions do not
+        pickle, and a copy cuts its own on its first batch-1 call."""
+        return {**super().__getstate__(), "_segments": None, "_segmented": False}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__({"_segments": None, "_segmented": False, **state})  # files saved before segments
 
     def _stopper(self, index: int, limits: list[float] | None):  # noqa: ANN202 - a forward hook
         """The hook at exit `index`: its head runs and raises _Exit when confident enough (limits None: always)."""

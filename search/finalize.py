@@ -105,8 +105,8 @@ def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None
     ends, so an interrupted stage resumes where it stopped.
 
     With a `limit`, which candidates: the `limit` most accurate (`most_accurate`: the benchmark asks for the best model
-    at a cost), or, for the pick (the least cost within epsilon), first the search-time pick (else the most accurate
-    candidate), then a bisection over the candidates in cost order: a cheaper one next while the last one met epsilon
+    at a cost), or, for the pick (the least cost within epsilon), first the search-time pick (bisection_start), then a
+    bisection over the candidates in cost order: a cheaper one next while the last one met epsilon
     after its fine-tune, a dearer one while it did not. Accuracy after the final fine-tune rises with cost along the
     front, so the cheapest model it makes feasible is found in about log2(candidates) fine-tunes.
     """
@@ -114,17 +114,14 @@ def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None
     if epochs <= 0:
         return
     records = load_records(storage_url(ctx.run_dir), final=False).trials
-    candidates = final_candidates(records, config.budget)
     if limit is None or most_accurate:
-        for record in sorted(candidates, key=lambda r: -(r.accuracy or 0.0))[:limit]:
+        for record in sorted(final_candidates(records, config.budget), key=lambda r: -(r.accuracy or 0.0))[:limit]:
             _finetuned(study, ctx, record)
         return
-    ordered = sorted(candidates, key=lambda r: (r.cost_ratio, -(r.accuracy or 0.0)))
-    pick_now = select_best(ordered, config.budget, config.epsilon)
+    ordered, index = bisection_start(records, config.budget, config.epsilon)
     stored = study.user_attrs.get(FINAL_ATTR) or {}
     spent = sum((stored.get(str(r.number)) or {}).get("epochs") == epochs for r in ordered)  # a rerun adds none
     low, high = 0, len(ordered) - 1
-    index = ordered.index(pick_now) if pick_now is not None else high
     while low <= high:
         entry, ran = _finetuned(study, ctx, ordered[index], allowed=spent < limit)
         spent += ran
@@ -135,6 +132,16 @@ def finetune_finalists(study: optuna.Study, ctx: TrialContext, limit: int | None
         else:
             low = index + 1
         index = (low + high) // 2
+
+
+def bisection_start(records: list[TrialRecord], budget: float, epsilon: float) -> tuple[list[TrialRecord], int]:
+    """The final stage's candidates in cost order and where its bisection starts: the search-time pick (select_best
+    over every trial, added where it is off the front: a faster model tied in cost and accuracy with a front one),
+    else the dearest candidate."""
+    pick = select_best(records, budget, epsilon)
+    ordered = sorted({r.number: r for r in [*final_candidates(records, budget), *([pick] if pick else [])]}.values(),
+                     key=lambda r: (r.cost_ratio, -(r.accuracy or 0.0)))
+    return ordered, ordered.index(pick) if pick is not None else len(ordered) - 1
 
 
 def _finetuned(study: optuna.Study, ctx: TrialContext, record: TrialRecord, allowed: bool = True

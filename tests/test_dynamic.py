@@ -291,24 +291,87 @@ def test_a_dynamic_model_is_re_timed_at_batch_one_over_a_stream_of_validation_in
     assert stream_for({"pruned": exits}, digits, 64) is None and stream_for({"dense": digits.model}, digits, 1) is None
 
 
-def test_at_batch_one_only_the_heads_that_can_take_the_input_are_hooked(exits: EarlyExitModel,
-                                                                        digits: Workload) -> None:
-    """Each hook and tensor read is time at batch 1 that the FLOPs do not count (ResNet-20: 50-130 us of 2 ms with
-    both thresholds at NEVER): a head whose threshold no confidence reaches gets no hook."""
+def test_at_batch_one_only_the_heads_that_can_take_the_input_run_and_nothing_is_hooked(exits: EarlyExitModel,
+                                                                                       digits: Workload) -> None:
+    """Each hook, head and tensor read is time at batch 1 that the FLOPs do not count (ResNet-20: hooks and the raise
+    cost 0.007-0.029 of dense): the backbone runs as segments, with no hook on any exit point, and a head whose threshold
+    no confidence reaches is not consulted."""
     hooked: list[int] = []
+    consulted: list[int] = []
     watches = [point.register_forward_pre_hook(lambda module, _args: hooked.append(len(module._forward_hooks)))
                for point in exits._points]
+    watches += [head.register_forward_pre_hook(lambda _module, _args, i=i: consulted.append(i))
+                for i, head in enumerate(exits.heads)]
     try:
         with torch.no_grad():
             exits.thresholds.fill_(NEVER)
             exits(digits.example_inputs[:1])
-            never, hooked[:] = list(hooked), []
+            never, consulted[:] = list(consulted), []
             exits.thresholds.copy_(torch.tensor([NEVER] * (len(exits.exits) - 1) + [1.0]))
             exits(digits.example_inputs[:1])
     finally:
         for watch in watches:
             watch.remove()
-    assert never == [0] * len(exits.exits) and hooked == [0] * (len(exits.exits) - 1) + [1]
+    assert exits._segments is not None and hooked == [0] * 2 * len(exits.exits)
+    assert never == [] and consulted == [len(exits.exits) - 1]
+
+
+class _SkipAcrossExits(nn.Module):
+    """Three stages where the third reads the first's output as well as the second's: no cut at the second exit
+    passes one value alone, so the heads hang on hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stage1 = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU())
+        self.stage2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.stage3 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first = self.stage1(x)
+        return self.fc(self.stage3(self.stage2(first) + first).mean((2, 3)))
+
+
+def test_a_backbone_that_cannot_be_cut_at_its_exits_runs_them_on_hooks(digits: Workload) -> None:
+    torch.manual_seed(0)
+    backbone = _SkipAcrossExits().eval()
+    model = attach_exits(backbone, digits.example_inputs).eval()
+    assert model.exits == ["stage1", "stage2"]
+    inputs, _ = next(iter(digits.val))
+    model.thresholds.fill_(0.2)
+    with torch.no_grad():
+        batch = model(inputs[:40])
+        alone = torch.cat([model.forward_with_exit(inputs[i:i + 1])[0] for i in range(40)])
+    assert model._segmented and model._segments is None
+    assert torch.allclose(batch, alone, atol=1e-5)
+
+
+def test_segments_run_the_modules_the_backbone_holds_now_and_pickle_without_them(exits: EarlyExitModel,
+                                                                                digits: Workload,
+                                                                                tmp_path) -> None:
+    """Batch norms folded for timing replace modules after the cut: the folded ones must run. A saved whole model
+    (best/model.pt) and a deep copy cut their own segments."""
+    from search.measure.folding import fold_batch_norms
+    inputs, _ = next(iter(digits.val))
+    exits.thresholds.fill_(0.9)
+    with torch.no_grad():
+        expected = [exits.forward_with_exit(inputs[i:i + 1]) for i in range(20)]
+        folded = copy.deepcopy(exits)
+        assert folded._segments is None and fold_batch_norms(folded, inputs[:1]) > 0
+        calls: list[int] = []
+        first = next(m for m in folded.backbone.modules() if isinstance(m, nn.Conv2d))
+        first.register_forward_pre_hook(lambda _module, _args: calls.append(1))
+        folded.forward_with_exit(inputs[:1])  # the cut, checked against the backbone on this input
+        calls.clear()
+        for i, (logits, taken) in enumerate(expected):
+            again, exit_taken = folded.forward_with_exit(inputs[i:i + 1])
+            assert exit_taken == taken and torch.allclose(again, logits, atol=1e-4)
+        assert folded._segments is not None and len(calls) == 20
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.backbone.modules())
+        torch.save(exits, tmp_path / "whole.pt")
+        loaded = torch.load(tmp_path / "whole.pt", weights_only=False)
+        assert loaded._segments is None
+        assert all(torch.equal(loaded.forward_with_exit(inputs[i:i + 1])[0], expected[i][0]) for i in range(20))
 
 
 @pytest.mark.parametrize("setting", [{"sample_rate": 0.0}, {"max_scale": 0.0}, {"loss": "kl"}, {"margin": 1.5},

@@ -20,6 +20,7 @@ from torch import nn
 
 from reports import TrialRecord, load_records, pareto_front, select_best, write_report
 from reports.__main__ import main
+from search.finalize import bisection_start
 from search.model_files import save_pruned
 
 DENSE = {"accuracy": 0.92, "test_accuracy": 0.915, "flops": 1_000_000, "params": 50_000,
@@ -110,16 +111,28 @@ def test_a_few_hundred_flops_less_do_not_outweigh_half_a_point() -> None:
 
 
 def test_of_models_tied_in_cost_and_accuracy_the_faster_is_the_pick() -> None:
-    """Two dynamic models at 0.5 of the FLOPs, 0.1 point apart on validation (within ACCURACY_TIE): the one that runs
-    at 0.60 of dense at batch 1 is the pick over the one at 0.69; 0.3 point more accuracy still outweighs speed, and a
-    model whose latency is unknown comes after one whose latency is known."""
-    thin, whole = record(13, 0.500, 0.9270, latency=0.69), record(9, 0.500, 0.9260, latency=0.60)
+    """runs/dyn-fl0.5-s18: two dynamic models at 0.5 of the FLOPs, 0.26 point apart on validation (within
+    ACCURACY_TIE): the one that runs at 0.60 of dense at batch 1 is the pick over the thinned one at 0.65; 0.4 point
+    more accuracy still outweighs speed, and a model whose latency is unknown comes after one whose latency is known."""
+    thin, whole = record(13, 0.49990, 0.9218, latency=0.649), record(9, 0.49996, 0.9192, latency=0.598)
     assert select_best([thin, whole], 0.5, 0.01) is whole
-    clearly_better = record(4, 0.500, 0.9290, latency=0.69)
+    clearly_better = record(4, 0.500, 0.9260, latency=0.69)
     assert select_best([thin, whole, clearly_better], 0.5, 0.01) is clearly_better
-    untimed = record(2, 0.500, 0.9262)
+    untimed = record(2, 0.500, 0.9202)
     assert select_best([untimed, whole], 0.5, 0.01) is whole
-    assert select_best([untimed, record(3, 0.500, 0.9261)], 0.5, 0.01).number == 2
+    assert select_best([untimed, record(3, 0.500, 0.9201)], 0.5, 0.01).number == 2
+
+
+def test_a_faster_tied_pick_off_the_front_is_the_first_finalist() -> None:
+    """The faster model of a cost and accuracy tie is dominated in (cost, accuracy) alone; the final stage still
+    fine-tunes it first, so the pick is weighed at the final fidelity rather than left at its search-time accuracy."""
+    thin = replace(record(13, 0.49990, 0.9218, latency=0.649), policy={"method": "dynamic"})
+    whole = replace(record(9, 0.49996, 0.9192, latency=0.598), policy={"method": "dynamic"})
+    dearer = replace(record(2, 0.7, 0.9300, latency=0.8), policy={"method": "dynamic"})
+    ordered, start = bisection_start([thin, whole, dearer], 0.75, 0.01)
+    assert [r.number for r in ordered] == [13, 9, 2] and ordered[start] is whole
+    ordered, start = bisection_start([thin, dearer], 0.75, 0.01)
+    assert [r.number for r in ordered] == [13, 2] and ordered[start] is thin
 
 
 def save_model(run_dir: Path, number: int) -> tuple[str, nn.Module]:
