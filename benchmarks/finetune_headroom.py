@@ -9,9 +9,9 @@ norms recalibrated first). A schedule is one fine-tune ("1": one epoch) or fine-
 refits the pruned layers by least squares first (pruners/reconstruct.py). Accuracy only, no timing: it may share the
 machine, only more slowly.
 
-    python benchmarks/finetune_headroom.py [--workload fashion-resnet20] [--budgets 0.25,0.5,0.75]
-                                           [--schedules "1;3"] [--seeds 3] [--reconstruct]
-                                           [--out bench-out/finetune-headroom.jsonl]
+    python -m benchmarks.finetune_headroom [--workload fashion-resnet20] [--budgets 0.25,0.5,0.75]
+                                          [--schedules "1;3"] [--seeds 3] [--reconstruct]
+                                          [--out bench-out/finetune-headroom.jsonl]
 """
 from __future__ import annotations
 

@@ -294,8 +294,8 @@ def test_a_dynamic_model_is_re_timed_at_batch_one_over_a_stream_of_validation_in
 def test_at_batch_one_only_the_heads_that_can_take_the_input_run_and_nothing_is_hooked(exits: EarlyExitModel,
                                                                                        digits: Workload) -> None:
     """Each hook, head and tensor read is time at batch 1 that the FLOPs do not count (ResNet-20: hooks and the raise
-    cost 0.007-0.029 of dense): the backbone runs as segments, with no hook on any exit point, and a head whose threshold
-    no confidence reaches is not consulted."""
+    cost 0.007-0.029 of dense): the backbone runs as segments, with no hook on any exit point, and a head whose
+    threshold no confidence reaches is not consulted."""
     hooked: list[int] = []
     consulted: list[int] = []
     watches = [point.register_forward_pre_hook(lambda module, _args: hooked.append(len(module._forward_hooks)))
