@@ -23,7 +23,7 @@ NOT_TAKEN = 0.99  # a threshold an untrained head's confidence does not reach: c
 class HookedExits(EarlyExitModel):
     """The early-exit model as it ran before segments: heads on forward hooks, a confident one raising."""
 
-    def _segments_for(self, x: torch.Tensor) -> list[Segment] | None:
+    def _segments_for(self) -> list[Segment] | None:
         return None
 
 

@@ -63,6 +63,8 @@ def test_trained_heads_run_as_linear_layers_with_the_same_logits_and_exits(exits
 
 def test_costs_rise_along_the_exits_and_fall_as_thresholds_relax(exits: EarlyExitModel, digits: Workload) -> None:
     costs = exit_costs(exits, digits.example_inputs)
+    fresh = copy.deepcopy(exits)  # not yet cut into segments: its first batch-1 call cuts it while exit_costs counts
+    assert fresh._segments is None and exit_costs(fresh, digits.example_inputs) == costs
     assert costs == sorted(costs) and costs[0] < costs[-1]
     heads = sum(count_flops(h, torch.zeros(shape))
                 for h, shape in zip(exits.heads, exit_feature_shapes(exits, digits.example_inputs)))
@@ -361,8 +363,6 @@ def test_segments_run_the_modules_the_backbone_holds_now_and_pickle_without_them
         calls: list[int] = []
         first = next(m for m in folded.backbone.modules() if isinstance(m, nn.Conv2d))
         first.register_forward_pre_hook(lambda _module, _args: calls.append(1))
-        folded.forward_with_exit(inputs[:1])  # the cut, checked against the backbone on this input
-        calls.clear()
         for i, (logits, taken) in enumerate(expected):
             again, exit_taken = folded.forward_with_exit(inputs[i:i + 1])
             assert exit_taken == taken and torch.allclose(again, logits, atol=1e-4)
