@@ -409,6 +409,14 @@ def _sensitivity_section(info: RunInfo) -> Section | None:
     return Section("Sensitivity map", paragraphs, table)
 
 
+CHECK_KEYS = ("sample_rate", "unsure_checks", "alarm_checks", "max_scale")  # a fitted setting, as the report lists it
+
+
+def _checks_text(entry: dict) -> str:
+    """A fitted runtime setting as "0.03 / 0.1 / 0.1 / 3" (checks fitted before max_scale joined them: three)."""
+    return " / ".join(f"{entry[key]:g}" for key in CHECK_KEYS if key in entry)
+
+
 def _dynamic_section(inputs: ReportInputs) -> Section | None:
     """A dynamic pick: where its inputs leave and what each path costs, and the runtime on a replayed stream."""
     best = inputs.best
@@ -427,16 +435,13 @@ def _dynamic_section(inputs: ReportInputs) -> Section | None:
                   "replays a stream through it."]
     fitted = best.runtime_checks
     if fitted:
-        tried = "; ".join(f"{t.get('sample_rate', 0):g} / {t.get('unsure_checks', 0):g} / "
-                          f"{t.get('alarm_checks', 0):g}: clean {t.get('clean_cost', 0):.3f}, worst "
+        tried = "; ".join(f"{_checks_text(t)}: clean {t.get('clean_cost', 0):.3f}, worst "
                           f"{t.get('worst_loss', 0):.4f}" for t in fitted.get("tried", []))
-        kept = fitted["settings"]
         paragraphs.append(f"The runtime's checks were fitted on a validation stream of {fitted.get('length', '?')} "
-                          f"inputs, clean then noisy (search.stream_replay.fit_checks): kept sample rate "
-                          f"{kept.get('sample_rate', 0):g}, unsure checks {kept.get('unsure_checks', 0):g}, alarm "
-                          f"checks {kept.get('alarm_checks', 0):g}, the cheapest on the clean part whose worst window "
-                          f"stayed within {fitted.get('hold', 0):g} of epsilon (else the lowest worst window). Tried "
-                          f"(sample rate / unsure / alarm): {tried}.")
+                          f"inputs, clean then noisy (search.stream_replay.fit_checks): kept "
+                          f"{_checks_text(fitted['settings'])} (sample rate / unsure checks / alarm checks / max "
+                          f"scale), the cheapest on the clean part whose worst window stayed within "
+                          f"{fitted.get('hold', 0):g} of epsilon (else the lowest worst window). Tried: {tried}.")
     figures = [exit_cost_figure(best)]
     replay = inputs.replay
     if replay:

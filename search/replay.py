@@ -138,7 +138,7 @@ def run_replay(args: argparse.Namespace) -> dict:
     try:
         if args.fit_checks:
             log.info("fitting the runtime's checks on a validation stream (%s loss)", settings.get("loss", "default"))
-            fitted = fit_checks(model, workload.model, settings, workload.val)
+            fitted = fit_checks(model, workload.model, settings, workload.val, fixed=overrides)
             settings = {**settings, **fitted.settings, **overrides}
         runtime = DynamicRuntime(model, workload.model, **{**settings, "window": args.window, "seed": args.seed})
         stream = noisy_stream(workload.test, args.length, args.clean, args.noise, args.seed)

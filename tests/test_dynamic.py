@@ -247,6 +247,22 @@ def test_checks_fitted_on_validation_cost_less_and_hold_the_budget_on_the_test_s
     assert replayed["fitted"][0] < replayed["defaults"][0] and replayed["fitted"][1] <= settings["epsilon"]
 
 
+def test_a_setting_the_user_fixed_stands_in_every_setting_the_fit_tries(exits: EarlyExitModel, digits: Workload,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`replay --fit-checks --max-scale 2` must fit the checks at the ceiling it then replays with, not at the
+    grid's (each grid setting carries a ceiling of its own)."""
+    from search import stream_replay
+    built: list[float] = []
+    runtime = stream_replay.DynamicRuntime
+    monkeypatch.setattr(stream_replay, "DynamicRuntime", lambda *args, **kwargs: built.append(kwargs["max_scale"])
+                        or runtime(*args, **kwargs))
+    costs = exit_costs(exits, digits.example_inputs)
+    settings = {"epsilon": 0.03, "exit_costs": costs, "dense_cost": costs[-1], "base_thresholds": [0.9, 0.9]}
+    fit = fit_checks(exits, digits.model, settings, digits.val, fixed={"max_scale": 2.0})
+    assert len(built) == 2 * len(CHECK_GRID) and set(built) == {2.0}
+    assert {t["max_scale"] for t in fit.tried} == {c["max_scale"] for c in CHECK_GRID}
+
+
 def test_the_runtime_saves_and_loads_with_its_model(exits: EarlyExitModel, digits: Workload, tmp_path) -> None:
     costs = exit_costs(exits, digits.example_inputs)
     runtime = DynamicRuntime(exits, digits.model, 0.02, exit_costs=costs, dense_cost=costs[-1])

@@ -106,7 +106,8 @@ def test_replay_fits_the_checks_on_validation_and_a_flag_that_sets_one_wins(dyna
     replayed = json.loads((dynamic_run / "replay" / "replay.json").read_text())
     fitted, used = replayed["fitted_checks"]["settings"], replayed["settings"]
     assert len(replayed["fitted_checks"]["tried"]) == len(CHECK_GRID)
-    assert used["sample_rate"] == 0.2 and all(used[k] == fitted[k] for k in ("unsure_checks", "alarm_checks"))
+    assert used["sample_rate"] == 0.2 and all(used[k] == fitted[k] for k in ("unsure_checks", "alarm_checks",
+                                                                            "max_scale"))
 
 
 def test_the_threshold_fitted_to_a_target_lands_at_or_under_it(digits: Workload) -> None:
