@@ -409,12 +409,17 @@ def _sensitivity_section(info: RunInfo) -> Section | None:
     return Section("Sensitivity map", paragraphs, table)
 
 
-CHECK_KEYS = ("sample_rate", "unsure_checks", "alarm_checks", "max_scale")  # a fitted setting, as the report lists it
+CHECK_NAMES = {"sample_rate": "sample rate", "unsure_checks": "unsure checks", "alarm_checks": "alarm checks",
+               "max_scale": "max scale"}  # a fitted runtime setting's keys as the report names them
 
 
-def _checks_text(entry: dict) -> str:
-    """A fitted runtime setting as "0.03 / 0.1 / 0.1 / 3" (checks fitted before max_scale joined them: three)."""
-    return " / ".join(f"{entry[key]:g}" for key in CHECK_KEYS if key in entry)
+def _checks_text(entry: dict, named: bool = False) -> str:
+    """A fitted runtime setting as "0.03 / 0.1 / 0.1 / 3", or `named` ("sample rate 0.03, ..."); checks fitted before
+    max_scale joined the grid have three."""
+    keys = [key for key in CHECK_NAMES if key in entry]
+    if named:
+        return ", ".join(f"{CHECK_NAMES[key]} {entry[key]:g}" for key in keys)
+    return " / ".join(f"{entry[key]:g}" for key in keys)
 
 
 def _dynamic_section(inputs: ReportInputs) -> Section | None:
@@ -437,11 +442,12 @@ def _dynamic_section(inputs: ReportInputs) -> Section | None:
     if fitted:
         tried = "; ".join(f"{_checks_text(t)}: clean {t.get('clean_cost', 0):.3f}, worst "
                           f"{t.get('worst_loss', 0):.4f}" for t in fitted.get("tried", []))
+        legend = " / ".join(CHECK_NAMES[key] for key in CHECK_NAMES if key in fitted["settings"])
         paragraphs.append(f"The runtime's checks were fitted on a validation stream of {fitted.get('length', '?')} "
                           f"inputs, clean then noisy (search.stream_replay.fit_checks): kept "
-                          f"{_checks_text(fitted['settings'])} (sample rate / unsure checks / alarm checks / max "
-                          f"scale), the cheapest on the clean part whose worst window stayed within "
-                          f"{fitted.get('hold', 0):g} of epsilon (else the lowest worst window). Tried: {tried}.")
+                          f"{_checks_text(fitted['settings'], named=True)}, the cheapest on the clean part whose worst "
+                          f"window stayed within {fitted.get('hold', 0):g} of epsilon (else the lowest worst window). "
+                          f"Tried ({legend}): {tried}.")
     figures = [exit_cost_figure(best)]
     replay = inputs.replay
     if replay:

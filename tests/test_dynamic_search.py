@@ -61,6 +61,7 @@ def test_the_dynamic_pick_is_within_budget_and_reloads_as_it_was_measured(dynami
     report = (dynamic_run / "report.md").read_text()
     assert "## Dynamic pick" in report and "best/runtime.json" in report
     assert "checks were fitted on a validation stream" in report
+    assert f"max scale {saved['max_scale']:g}, the cheapest" in report  # the ceiling kept with the checks
     pareto = json.loads((dynamic_run / "pareto.json").read_text())
     assert any(line.startswith("latency mean, stream") for line in summary_lines(pareto, "report.html"))
 
