@@ -454,13 +454,16 @@ def _dynamic_section(inputs: ReportInputs) -> Section | None:
         stream = replay["stream"]
         loss = replay["settings"].get("loss", "disagreement")  # replays from before the accuracy loss: disagreement
         clean = "" if replay.get("clean_cost") is None else f", {replay['clean_cost']:.3f} on the clean part"
+        at_budget = ("" if replay.get("static_pick_cost") is None
+                     else f"; a static model at the budget {replay['static_pick_cost']:g}")
         paragraphs.append(f"Replayed: {stream['length']} test inputs, the first {stream['clean']} clean, then noise "
                           f"growing to {stream['noise']:g}: mean cost {replay['mean_cost']:.3f} of dense{clean} "
-                          f"(static backbone {replay['static_cost']:.3f}); worst loss over windows of "
+                          f"(static backbone {replay['static_cost']:.3f}{at_budget}); worst loss over windows of "
                           f"{replay['settings']['window']} inputs after the first {stream.get('warmup', 0)} "
                           f"({LOSSES[loss]}): "
                           f"{replay['worst_loss']:.4f} against epsilon {replay['settings']['epsilon']:.4f}.")
-        figures.append(replay_figure(replay["windows"], replay["settings"]["epsilon"], replay["static_cost"], loss))
+        figures.append(replay_figure(replay["windows"], replay["settings"]["epsilon"], replay["static_cost"], loss,
+                                     replay.get("static_pick_cost")))  # replays before it was written: none
     return Section("Dynamic pick", paragraphs, Table(["path", "FLOPs ratio", "inputs"], rows), figures=figures)
 
 

@@ -113,24 +113,31 @@ def flops_latency_figure(trials: list[TrialRecord], front: list[TrialRecord]) ->
     return figure
 
 
-def replay_figure(windows: list[dict], epsilon: float, static_cost: float, loss: str) -> go.Figure:
-    """Mean cost per window against the pick's static backbone, and the runtime's loss (a name in LOSSES) against
-    epsilon."""
+def replay_figure(windows: list[dict], epsilon: float, static_cost: float, loss: str,
+                  static_pick_cost: float | None = None) -> go.Figure:
+    """Mean cost per window against the pick's static backbone (and, where the run's budget is in FLOPs, against a
+    static model at the budget, `static_pick_cost`), and the runtime's loss (a name in LOSSES) against epsilon, the
+    noise strength on an axis of its own so that a loss of a hundredth stays readable."""
     starts = [w["start"] for w in windows]
-    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, subplot_titles=(
-        "mean cost per input (ratio to dense FLOPs, dense checks included)",
-        f"loss: {LOSSES[loss]}"))
+    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, specs=[[{}], [{"secondary_y": True}]],
+                           subplot_titles=("mean cost per input (ratio to dense FLOPs, dense checks included)",
+                                           f"loss: {LOSSES[loss]}"))
     figure.add_trace(go.Scatter(x=starts, y=[w["mean_cost"] for w in windows], name="runtime cost",
                                 mode="lines+markers"), row=1, col=1)
     figure.add_hline(y=static_cost, line_dash="dash", annotation_text="static backbone", row=1, col=1)
+    if static_pick_cost is not None:
+        figure.add_hline(y=static_pick_cost, line_dash="dot", annotation_text="a static model at the budget",
+                         row=1, col=1)
     figure.add_trace(go.Scatter(x=starts, y=[w.get("loss_all", w["disagreement_all"]) for w in windows],
                                 name="over every input", mode="lines+markers"), row=2, col=1)
     figure.add_trace(go.Scatter(x=starts, y=[w.get("loss", w["disagreement"]) for w in windows],
                                 name="on the runtime's checks", mode="lines+markers"), row=2, col=1)
     figure.add_trace(go.Scatter(x=starts, y=[w["noise"] for w in windows], name="noise strength (max in window)",
-                                mode="lines", line={"dash": "dot"}), row=2, col=1)
+                                mode="lines", line={"dash": "dot"}), row=2, col=1, secondary_y=True)
     figure.add_hline(y=epsilon, line_dash="dash", annotation_text="epsilon", row=2, col=1)
     figure.update_xaxes(title_text="input number (window start)", row=2, col=1)
+    figure.update_yaxes(title_text="loss", row=2, col=1, secondary_y=False)
+    figure.update_yaxes(title_text="noise strength", row=2, col=1, secondary_y=True, showgrid=False)
     figure.update_layout(height=640, title="Dynamic runtime replay")
     return figure
 

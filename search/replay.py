@@ -96,14 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     out = args.run_dir / "replay"
     write_text(out / "replay.json", json.dumps(result, indent=2))
     figure = replay_figure(result["windows"], result["settings"]["epsilon"], result["static_cost"],
-                           result["settings"]["loss"])
+                           result["settings"]["loss"], result["static_pick_cost"])
     write_text(out / "replay.html", figure.to_html(include_plotlyjs="cdn"))
     clean = "" if result["clean_cost"] is None else f", {result['clean_cost']:.3f} on the clean part"
     if result["fitted_checks"] is not None:
         kept = result["fitted_checks"]["settings"]
         print("checks fitted on validation: " + ", ".join(f"{k} {v:g}" for k, v in kept.items()))
+    pick_cost = result["static_pick_cost"]
+    at_budget = "" if pick_cost is None else f", a static model at the budget {pick_cost:g}"
     print(f"replayed {args.length} inputs: mean cost {result['mean_cost']:.3f} of dense{clean} (static backbone "
-          f"{result['static_cost']:.3f}); worst loss over {args.window} inputs after {args.warmup}: "
+          f"{result['static_cost']:.3f}{at_budget}); worst loss over {args.window} inputs after {args.warmup}: "
           f"{result['worst_loss']:.4f} (epsilon {result['settings']['epsilon']:.4f}) -> {out}/replay.html")
     return 0
 
@@ -150,7 +152,9 @@ def run_replay(args: argparse.Namespace) -> dict:
     static_cost = count_flops(model.backbone, workload.example_inputs) / dense_flops
     windows, losses = replay(runtime, stream)
     clean = [w for w in windows if w["start"] + w["inputs"] <= args.clean]
+    info = records.info  # a static model at a FLOPs budget costs at most the budget on every input
     return {"settings": runtime.settings(), "static_cost": static_cost,
+            "static_pick_cost": info.budget if info.cost_metric == "flops" else None,
             "stream": {"split": "test", "length": args.length, "clean": args.clean, "noise": args.noise,
                        "seed": args.seed, "warmup": args.warmup},
             "mean_cost": mean_cost(windows), "clean_cost": mean_cost(clean) if clean else None,

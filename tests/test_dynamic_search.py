@@ -11,6 +11,7 @@ import torch
 from dynamic import EarlyExitModel
 from dynamic.runtime import DynamicRuntime
 from reports import write_report
+from reports.plots import replay_figure
 from reports.terminal import summary_lines
 from search.config import ConfigError, parse_config
 from search.dynamic import (
@@ -75,8 +76,14 @@ def test_replay_serves_a_shifting_stream_and_the_report_plots_it(dynamic_run: Pa
     assert replayed["clean_cost"] == pytest.approx(sum(w["cost"] for w in clean) / 300)
     assert replayed["worst_loss"] >= max(w["disagreement_all"] for w in replayed["windows"][2:])
     assert (dynamic_run / "replay" / "replay.html").is_file()
+    assert replayed["static_pick_cost"] == 0.5  # what a static model at the run's FLOPs budget costs on every input
     write_report(dynamic_run)
-    assert "Replayed: 600 test inputs" in (dynamic_run / "report.md").read_text()
+    report = (dynamic_run / "report.md").read_text()
+    assert "Replayed: 600 test inputs" in report and "a static model at the budget 0.5" in report
+    figure = replay_figure(replayed["windows"], 0.01, replayed["static_cost"], "disagreement", 0.5)
+    noise = next(trace for trace in figure.data if trace.name.startswith("noise"))
+    assert noise.yaxis != next(trace for trace in figure.data if trace.name == "over every input").yaxis
+    assert any(shape.y0 == 0.5 for shape in figure.layout.shapes)
 
 
 def test_replay_refuses_what_it_cannot_replay(dynamic_run: Path, tmp_path: Path,
